@@ -1,0 +1,297 @@
+"""The engine interface the HTTP layer talks to, and its vLLM implementation.
+
+The HTTP layer tokenizes prompts itself (with the verified DeepSeek tokenizer) and hands the engine
+token ids and sampling options; the engine streams back per-sequence deltas. Nothing here knows
+about HTTP, and nothing above it imports vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from deepseek_serve.errors import EngineDeadError, InternalError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from deepseek_serve.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """What to generate. Stop token ids are complete: the engine adds none of its own."""
+
+    max_tokens: int
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
+    min_tokens: int = 0
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
+@dataclass(slots=True)
+class SequenceDelta:
+    """New output of one sequence (choice) since the previous delta."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class EngineOutput:
+    sequences: list[SequenceDelta]
+    finished: bool
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    num_cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    max_model_len: int
+    model_vocab_size: int
+
+
+class Engine(Protocol):
+    """Contract between the HTTP layer and an inference engine.
+
+    - ``start`` is awaited once before any other call; ``limits`` is valid after it.
+    - ``generate`` yields ``EngineOutput``s; the last one has ``finished=True`` and every sequence
+      gets exactly one non-None ``finish_reason`` ("stop" or "length") over the stream. Closing or
+      cancelling the iterator aborts the request in the engine. It raises ``InvalidRequestError``
+      for input the engine refuses, ``EngineDeadError`` when the engine is gone, ``InternalError``
+      otherwise.
+    - ``num_unfinished_requests`` counts requests the engine still holds (running or waiting).
+    - ``check_health`` raises ``EngineDeadError`` when the engine cannot serve.
+    """
+
+    limits: ModelLimits
+
+    async def start(self) -> None: ...
+
+    def generate(
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+    ) -> AsyncIterator[EngineOutput]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None: ...
+
+    def num_unfinished_requests(self) -> int: ...
+
+    async def shutdown(self) -> None: ...
+
+
+@dataclass(slots=True)
+class VLLMEngine:
+    """vLLM's ``AsyncLLM`` behind the ``Engine`` contract (CUDA in production, CPU in CI)."""
+
+    settings: Settings
+    model_path: str
+    tokenizer_path: str
+    limits: ModelLimits = field(default_factory=lambda: ModelLimits(0, 0))
+    _llm: AsyncLLM | None = None
+
+    def engine_args(self) -> dict[str, Any]:
+        s = self.settings
+        args: dict[str, Any] = {
+            "model": self.model_path,
+            "tokenizer": self.tokenizer_path,
+            "served_model_name": s.model_name,
+            "tensor_parallel_size": s.tensor_parallel_size,
+            "dtype": s.dtype,
+            "gpu_memory_utilization": s.gpu_memory_utilization,
+            "enforce_eager": s.enforce_eager,
+            "seed": s.seed,
+        }
+        optional = {
+            "max_model_len": s.max_model_len,
+            "quantization": s.quantization,
+            "revision": s.revision,
+            "max_num_seqs": s.max_num_seqs,
+            "enable_prefix_caching": s.enable_prefix_caching,
+        }
+        args.update({k: v for k, v in optional.items() if v is not None})
+        args.update(s.engine_args)
+        return args
+
+    async def start(self) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(**self.engine_args())
+        # Building the engine blocks for tens of seconds (it spawns and handshakes the engine
+        # core); a thread keeps the event loop, and so /health, answering meanwhile.
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        config = self._llm.model_config
+        self.limits = ModelLimits(
+            max_model_len=config.max_model_len, model_vocab_size=config.get_vocab_size()
+        )
+
+    @property
+    def llm(self) -> AsyncLLM:
+        if self._llm is None:
+            raise EngineDeadError("The inference engine is still starting.")
+        return self._llm
+
+    def engine_tokenizer(self) -> Any:
+        """The tokenizer vLLM loaded, for the post-start fidelity check."""
+        return self.llm.get_tokenizer()
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+    ) -> AsyncIterator[EngineOutput]:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
+
+        llm = self.llm
+        stream = llm.generate(
+            TokensPrompt(prompt_token_ids=prompt_token_ids),
+            _to_vllm(options),
+            request_id,
+            priority=options.priority,
+        )
+        try:
+            async for out in stream:
+                yield _from_vllm(out, options.logprobs or 0, options.prompt_logprobs or 0)
+        except VLLMEngineDeadError as exc:
+            raise EngineDeadError() from exc
+        except VLLMValidationError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            if llm.errored:
+                raise EngineDeadError() from exc
+            raise InternalError(f"engine failure: {exc!r}") from exc
+        finally:
+            # Closing ``stream`` makes vLLM abort the request if it is still running.
+            await stream.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        if self._llm is None or self._llm.errored:
+            raise EngineDeadError()
+
+    def num_unfinished_requests(self) -> int:
+        return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            await asyncio.to_thread(self._llm.shutdown)
+            self._llm = None
+
+
+def _to_vllm(o: SamplingOptions) -> SamplingParams:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        n=o.n,
+        max_tokens=o.max_tokens,
+        temperature=o.temperature,
+        top_p=o.top_p,
+        top_k=o.top_k,
+        min_p=o.min_p,
+        seed=o.seed,
+        stop=list(o.stop),
+        stop_token_ids=list(o.stop_token_ids),
+        # Our stop ids are complete and per-variant; vLLM's own eos (e.g. <|EOT|> of an instruct
+        # checkpoint) must not end a code completion.
+        ignore_eos=True,
+        presence_penalty=o.presence_penalty,
+        frequency_penalty=o.frequency_penalty,
+        repetition_penalty=o.repetition_penalty,
+        logprobs=o.logprobs,
+        prompt_logprobs=o.prompt_logprobs,
+        logit_bias=o.logit_bias,
+        min_tokens=o.min_tokens,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _from_vllm(out: Any, k: int, k_prompt: int) -> EngineOutput:
+    sequences = [
+        SequenceDelta(
+            index=c.index,
+            text=c.text,
+            token_ids=list(c.token_ids),
+            logprobs=None
+            if c.logprobs is None
+            else [_logprob(t, lp, k) for t, lp in zip(c.token_ids, c.logprobs, strict=False)],
+            finish_reason=c.finish_reason,
+        )
+        for c in out.outputs
+    ]
+    prompt_logprobs = None
+    if out.prompt_logprobs is not None:
+        ids = out.prompt_token_ids or []
+        prompt_logprobs = [
+            None if lp is None else _logprob(token_id, lp, k_prompt)
+            for token_id, lp in zip(ids, out.prompt_logprobs, strict=False)
+        ]
+    return EngineOutput(
+        sequences=sequences,
+        finished=out.finished,
+        prompt_logprobs=prompt_logprobs,
+        num_cached_tokens=out.num_cached_tokens or 0,
+    )
+
+
+def _logprob(token_id: int, candidates: Any, k: int) -> TokenLogprob:
+    """vLLM gives the sampled token plus the top ``k``; the sampled one may be among them."""
+    chosen = candidates[token_id]
+    ranked = sorted(candidates.items(), key=lambda kv: -kv[1].logprob)[:k]
+    top = tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in ranked)
+    return TokenLogprob(token_id, chosen.decoded_token or "", chosen.logprob, top)
+
+
+def model_dir_of(model: str, *, revision: str | None = None, allow_download: bool = True) -> Path:
+    """Local directory holding ``model``'s config and tokenizer files (downloaded if a hub id)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if not allow_download:
+        raise FileNotFoundError(model)
+    from huggingface_hub import snapshot_download
+
+    return Path(
+        snapshot_download(
+            model,
+            revision=revision,
+            allow_patterns=["config.json", "generation_config.json", "tokenizer*", "*.model"],
+        )
+    )

@@ -1,0 +1,212 @@
+"""Engine outputs to OpenAI response bodies and stream chunks (completions and chat).
+
+Streamed and non-streamed responses are built from the same deltas by the same code, so the
+concatenated stream equals the full response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepseek_serve.engine import EngineOutput, SequenceDelta, TokenLogprob
+from deepseek_serve.streaming import sse_frame
+
+
+@dataclass(slots=True)
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    finish_reason: str | None = None
+    started: bool = False
+    text_offset: int = 0
+
+
+@dataclass(slots=True)
+class Formatter:
+    """Shared bookkeeping; subclasses say how a choice looks on the wire."""
+
+    request_id: str
+    created: int
+    model: str
+    prompt_lens: list[int]
+    n: int
+    want_logprobs: bool
+    include_usage: bool = False
+    continuous_usage: bool = False
+    choices: list[_Choice] = field(init=False)
+
+    object_name = "text_completion"
+    chunk_object_name = "text_completion"
+
+    def __post_init__(self) -> None:
+        self.choices = [_Choice() for _ in range(len(self.prompt_lens) * self.n)]
+
+    def usage(self) -> dict[str, int]:
+        prompt = sum(self.prompt_lens)
+        completion = sum(c.tokens for c in self.choices)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    # --- hooks ---
+    def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
+        return []
+
+    def chunk_choice(self, index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def logprob_entries(self, choice: _Choice, entries: list[TokenLogprob]) -> Any:
+        raise NotImplementedError
+
+    def merge_logprobs(self, parts: list[Any]) -> Any:
+        raise NotImplementedError
+
+    # --- shared ---
+    def _update(
+        self, prompt_index: int, out: EngineOutput, seq: SequenceDelta
+    ) -> tuple[int, list[dict[str, Any]], str, Any]:
+        index = prompt_index * self.n + seq.index
+        choice = self.choices[index]
+        pre: list[dict[str, Any]] = []
+        if not choice.started:
+            choice.started = True
+            pre = self.first_delta(index, prompt_index, out)
+        choice.tokens += len(seq.token_ids)
+        logprobs = None
+        if self.want_logprobs and seq.logprobs is not None:
+            logprobs = self.logprob_entries(choice, seq.logprobs)
+            choice.logprobs.append(logprobs)
+        choice.text.append(seq.text)
+        if seq.finish_reason is not None:
+            choice.finish_reason = seq.finish_reason
+        return index, pre, seq.text, logprobs
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        body: dict[str, Any] = {
+            "id": self.request_id,
+            "object": self.chunk_object_name,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = usage if usage is not None or not self.continuous_usage else self.usage()
+        return sse_frame(body)
+
+    async def frames(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> AsyncIterator[bytes]:
+        async for prompt_index, out in outputs:
+            for seq in out.sequences:
+                index, pre, text, logprobs = self._update(prompt_index, out, seq)
+                for choice in pre:
+                    yield self._chunk([choice])
+                if text or logprobs or seq.finish_reason:
+                    yield self._chunk([self.chunk_choice(index, text, logprobs, seq.finish_reason)])
+        if self.include_usage:
+            yield self._chunk([], self.usage())
+
+    async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
+        async for prompt_index, out in outputs:
+            for seq in out.sequences:
+                self._update(prompt_index, out, seq)
+        return {
+            "id": self.request_id,
+            "object": self.object_name,
+            "created": self.created,
+            "model": self.model,
+            "choices": [self.final_choice(i, c) for i, c in enumerate(self.choices)],
+            "usage": self.usage(),
+        }
+
+
+@dataclass(slots=True)
+class CompletionFormatter(Formatter):
+    echo_texts: list[str] | None = None
+    prompt_token_texts: list[list[str]] | None = None
+
+    def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
+        choice = self.choices[index]
+        if self.echo_texts is None:
+            return []
+        text = self.echo_texts[prompt_index]
+        logprobs = None
+        if self.want_logprobs and out.prompt_logprobs is not None and self.prompt_token_texts:
+            names = self.prompt_token_texts[prompt_index]
+            entries = [
+                lp if lp is not None else TokenLogprob(-1, names[i], float("nan"))
+                for i, lp in enumerate(out.prompt_logprobs)
+            ]
+            logprobs = self.logprob_entries(choice, entries)
+            choice.logprobs.append(logprobs)
+        choice.text.append(text)
+        return [self.chunk_choice(index, text, logprobs, None)]
+
+    def chunk_choice(self, index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    def final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        logprobs = self.merge_logprobs(choice.logprobs) if self.want_logprobs else None
+        return self.chunk_choice(index, "".join(choice.text), logprobs, choice.finish_reason)
+
+    def logprob_entries(self, choice: _Choice, entries: list[TokenLogprob]) -> Any:
+        tokens, values, tops, offsets = [], [], [], []
+        for e in entries:
+            tokens.append(e.token)
+            values.append(None if e.logprob != e.logprob else e.logprob)  # NaN: no logprob
+            tops.append(None if e.token_id < 0 else {t: lp for _, t, lp in e.top})
+            offsets.append(choice.text_offset)
+            choice.text_offset += len(e.token)
+        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+    def merge_logprobs(self, parts: list[Any]) -> Any:
+        merged: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for part in parts:
+            for key, values in merged.items():
+                values.extend(part[key])
+        return merged
+
+
+@dataclass(slots=True)
+class ChatFormatter(Formatter):
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+
+    def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
+        return [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+
+    def chunk_choice(self, index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
+        delta = {"content": text} if text else {}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    def final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": "".join(choice.text)},
+            "logprobs": self.merge_logprobs(choice.logprobs) if self.want_logprobs else None,
+            "finish_reason": choice.finish_reason,
+        }
+
+    def logprob_entries(self, choice: _Choice, entries: list[TokenLogprob]) -> Any:
+        return {
+            "content": [
+                {
+                    **_chat_token(e.token, e.logprob),
+                    "top_logprobs": [_chat_token(t, lp) for _, t, lp in e.top],
+                }
+                for e in entries
+            ]
+        }
+
+    def merge_logprobs(self, parts: list[Any]) -> Any:
+        return {"content": [entry for part in parts for entry in part["content"]]}
+
+
+def _chat_token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}

@@ -1,0 +1,164 @@
+"""Requests to engine inputs: DeepSeek prompt rendering, tokenization and every check that must
+happen before the engine sees a token (vocabulary, context window, stop tokens per variant)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deepseek_serve.engine import ModelLimits, SamplingOptions
+from deepseek_serve.errors import ContextWindowExceededError, InvalidRequestError
+from deepseek_serve.protocol import ChatCompletionRequest, ChatMessageIn, CompletionRequest
+from deepseek_serve.templates import ChatMessage, render_chat, render_fim
+from deepseek_serve.tokenizer import PromptTokenizer
+from deepseek_serve.variant import Variant
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrompt:
+    token_ids: list[int]
+    text: str  # what ``echo`` returns
+
+
+@dataclass(frozen=True, slots=True)
+class PromptBuilder:
+    tokenizer: PromptTokenizer
+    limits: ModelLimits
+    default_completion_max_tokens: int
+
+    @property
+    def vocab_limit(self) -> int:
+        # vLLM checks ids only against the tokenizer; ids past the model's embedding crash its
+        # engine core, so the smaller of the two bounds what we accept.
+        return min(len(self.tokenizer), self.limits.model_vocab_size)
+
+    def completion_prompts(self, req: CompletionRequest) -> list[TokenPrompt]:
+        raw = req.prompt
+        if isinstance(raw, str):
+            items: list[str] | list[list[int]] = [raw]
+        elif raw and isinstance(raw[0], int):
+            items = [list(raw)]  # type: ignore[arg-type]
+        else:
+            items = list(raw)  # type: ignore[arg-type]
+        prompts = []
+        for i, item in enumerate(items):
+            param = "prompt" if len(items) == 1 else f"prompt[{i}]"
+            if isinstance(item, str):
+                text = item if req.suffix is None else render_fim(item, req.suffix, self.variant)
+                prompts.append(TokenPrompt(self.tokenizer.encode(text), item))
+            else:
+                if req.suffix is not None:
+                    raise InvalidRequestError(
+                        "suffix needs a text prompt, not token ids", param="suffix"
+                    )
+                self.check_ids(item, param)
+                prompts.append(TokenPrompt(item, self.tokenizer.decode(item)))
+        return prompts
+
+    def chat_prompt(self, req: ChatCompletionRequest) -> TokenPrompt:
+        if not self.variant.supports_chat:
+            raise InvalidRequestError(
+                "This is a base checkpoint with no chat template; "
+                "use /v1/completions (plain or with suffix for fill-in-the-middle).",
+                param="messages",
+                code="chat_not_supported",
+            )
+        messages = [_message(i, m) for i, m in enumerate(req.messages)]
+        text = render_chat(messages, self.variant, add_generation_prompt=req.add_generation_prompt)
+        return TokenPrompt(self.tokenizer.encode(text), text)
+
+    @property
+    def variant(self) -> Variant:
+        return self.tokenizer.variant
+
+    def check_ids(self, ids: list[int], param: str) -> None:
+        limit = self.vocab_limit
+        for j, token_id in enumerate(ids):
+            if not 0 <= token_id < limit:
+                raise InvalidRequestError(
+                    f"Token id {token_id} is outside the vocabulary (0..{limit - 1}).",
+                    param=f"{param}[{j}]",
+                    code="invalid_token_id",
+                )
+
+    def max_tokens(self, prompt_len: int, requested: int | None, default: int | None) -> int:
+        """Tokens to generate; a prompt that leaves no room is refused, never truncated."""
+        window = self.limits.max_model_len
+        room = window - prompt_len
+        if room <= 0:
+            raise ContextWindowExceededError(
+                f"The prompt is {prompt_len} tokens; this model's context window is {window}.",
+                param="messages" if default is None else "prompt",
+            )
+        if requested is None:
+            return room if default is None else min(default, room)
+        if requested > room:
+            raise ContextWindowExceededError(
+                f"This model's context window is {window} tokens; the prompt is {prompt_len} "
+                f"and max_tokens is {requested} (at most {room} fit).",
+                param="max_tokens",
+            )
+        return requested
+
+    def sampling_options(
+        self,
+        req: CompletionRequest | ChatCompletionRequest,
+        *,
+        max_tokens: int,
+        variant_stops: tuple[int, ...],
+        logprobs: int | None,
+        prompt_logprobs: int | None = None,
+    ) -> SamplingOptions:
+        stop_ids = tuple(req.stop_token_ids or ())
+        self.check_ids(list(stop_ids), "stop_token_ids")
+        bias = None
+        if req.logit_bias:
+            bias = {int(k): v for k, v in req.logit_bias.items()}
+            self.check_ids(list(bias), "logit_bias")
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            n=req.n,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=0 if req.top_k in (None, -1) else req.top_k,
+            min_p=req.min_p or 0.0,
+            seed=req.seed,
+            stop=req.stop_list(),
+            stop_token_ids=tuple(dict.fromkeys(variant_stops + stop_ids)),
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            repetition_penalty=req.repetition_penalty,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            logit_bias=bias,
+            min_tokens=req.min_tokens,
+            priority=req.priority,
+        )
+
+
+def _message(i: int, m: ChatMessageIn) -> ChatMessage:
+    role = _ROLES.get(m.role)
+    if role is None:
+        raise InvalidRequestError(
+            f"Unsupported role {m.role!r}; expected one of system, developer, user, assistant.",
+            param=f"messages[{i}].role",
+        )
+    if m.tool_calls:
+        raise InvalidRequestError(
+            "Tool calls are not supported by DeepSeek-Coder.", param=f"messages[{i}].tool_calls"
+        )
+    if m.content is None:
+        raise InvalidRequestError("Message content is missing.", param=f"messages[{i}].content")
+    if isinstance(m.content, str):
+        return ChatMessage(role, m.content)
+    texts = []
+    for j, part in enumerate(m.content):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise InvalidRequestError(
+                f"Unsupported content part of type {part.get('type')!r}; "
+                "DeepSeek-Coder accepts text parts only.",
+                param=f"messages[{i}].content[{j}].type",
+            )
+        texts.append(part["text"])
+    return ChatMessage(role, "\n".join(texts))

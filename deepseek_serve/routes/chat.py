@@ -1,0 +1,54 @@
+"""``POST /v1/chat/completions``, rendered with the checkpoint's own DeepSeek chat template."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from deepseek_serve.formatting import ChatFormatter
+from deepseek_serve.protocol import ChatCompletionRequest, parse_body
+from deepseek_serve.state import server_state
+from deepseek_serve.streaming import (
+    SSEResponse,
+    engine_outputs,
+    first_then_rest,
+    guarded_frames,
+    until_disconnected,
+)
+
+
+async def create_chat_completion(request: Request) -> Response:
+    state = server_state(request)
+    req = await parse_body(request, ChatCompletionRequest)
+    state.check_model(req.model)
+    builder = state.ready_prompts()
+
+    prompt = builder.chat_prompt(req)
+    max_tokens = builder.max_tokens(len(prompt.token_ids), req.effective_max_tokens, None)
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    options = builder.sampling_options(
+        req, max_tokens=max_tokens, variant_stops=builder.variant.chat_stop_ids, logprobs=logprobs
+    )
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    formatter = ChatFormatter(
+        request_id=request_id,
+        created=int(time.time()),
+        model=state.model_name,
+        prompt_lens=[len(prompt.token_ids)],
+        n=req.n,
+        want_logprobs=req.logprobs,
+        include_usage=req.include_usage,
+        continuous_usage=bool(req.stream_options and req.stream_options.continuous_usage_stats),
+    )
+    outputs = engine_outputs(state.engine, request_id, [prompt.token_ids], options)
+    if req.stream:
+        frames = await until_disconnected(request, lambda: first_then_rest(formatter.frames(outputs)))
+        return SSEResponse(guarded_frames(frames))
+    return JSONResponse(await until_disconnected(request, lambda: formatter.collect(outputs)))
+
+
+routes = [Route("/v1/chat/completions", create_chat_completion, methods=["POST"])]

@@ -1,0 +1,65 @@
+"""``POST /v1/completions``: plain completion, and fill-in-the-middle when ``suffix`` is given."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from deepseek_serve.formatting import CompletionFormatter
+from deepseek_serve.protocol import CompletionRequest, parse_body
+from deepseek_serve.state import server_state
+from deepseek_serve.streaming import (
+    SSEResponse,
+    engine_outputs,
+    first_then_rest,
+    guarded_frames,
+    until_disconnected,
+)
+
+
+async def create_completion(request: Request) -> Response:
+    state = server_state(request)
+    req = await parse_body(request, CompletionRequest)
+    state.check_model(req.model)
+    builder = state.ready_prompts()
+
+    prompts = builder.completion_prompts(req)
+    longest = max(len(p.token_ids) for p in prompts)
+    max_tokens = builder.max_tokens(
+        longest, req.max_tokens, state.settings.default_completion_max_tokens
+    )
+    echo_logprobs = req.echo and req.logprobs is not None
+    options = builder.sampling_options(
+        req,
+        max_tokens=max_tokens,
+        variant_stops=builder.variant.completion_stop_ids,
+        logprobs=req.logprobs,
+        prompt_logprobs=req.logprobs if echo_logprobs else None,
+    )
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    formatter = CompletionFormatter(
+        request_id=request_id,
+        created=int(time.time()),
+        model=state.model_name,
+        prompt_lens=[len(p.token_ids) for p in prompts],
+        n=req.n,
+        want_logprobs=req.logprobs is not None,
+        include_usage=req.include_usage,
+        continuous_usage=bool(req.stream_options and req.stream_options.continuous_usage_stats),
+        echo_texts=[p.text for p in prompts] if req.echo else None,
+        prompt_token_texts=[builder.tokenizer.token_texts(p.token_ids) for p in prompts]
+        if echo_logprobs
+        else None,
+    )
+    outputs = engine_outputs(state.engine, request_id, [p.token_ids for p in prompts], options)
+    if req.stream:
+        frames = await until_disconnected(request, lambda: first_then_rest(formatter.frames(outputs)))
+        return SSEResponse(guarded_frames(frames))
+    return JSONResponse(await until_disconnected(request, lambda: formatter.collect(outputs)))
+
+
+routes = [Route("/v1/completions", create_completion, methods=["POST"])]

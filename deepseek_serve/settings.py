@@ -1,0 +1,149 @@
+"""Server and engine settings.
+
+Precedence, highest first: command-line flags, environment variables (``DEEPSEEK_SERVE_`` prefix,
+``__`` for nested keys), the YAML file given by ``--config`` or ``DEEPSEEK_SERVE_CONFIG``, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "DEEPSEEK_SERVE_"
+
+# Short names for the official checkpoints.
+MODEL_ALIASES: dict[str, str] = {
+    "deepseek-coder-1.3b-base": "deepseek-ai/deepseek-coder-1.3b-base",
+    "deepseek-coder-1.3b-instruct": "deepseek-ai/deepseek-coder-1.3b-instruct",
+    "deepseek-coder-6.7b-base": "deepseek-ai/deepseek-coder-6.7b-base",
+    "deepseek-coder-6.7b-instruct": "deepseek-ai/deepseek-coder-6.7b-instruct",
+    "deepseek-coder-33b-base": "deepseek-ai/deepseek-coder-33b-base",
+    "deepseek-coder-33b-instruct": "deepseek-ai/deepseek-coder-33b-instruct",
+    "deepseek-coder-v2-lite-base": "deepseek-ai/DeepSeek-Coder-V2-Lite-Base",
+    "deepseek-coder-v2-lite-instruct": "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct",
+}
+MODEL_ALIASES.update({k.removeprefix("deepseek-coder-"): v for k, v in list(MODEL_ALIASES.items())})
+
+
+def resolve_alias(model: str) -> str:
+    """Hub id for a short alias (case-insensitive); anything else is returned unchanged."""
+    return MODEL_ALIASES.get(model.lower(), model)
+
+
+class Settings(BaseSettings):
+    """Everything ``deepseek-serve`` can be told. Every field is a CLI flag (``--max-model-len``),
+    an environment variable (``DEEPSEEK_SERVE_MAX_MODEL_LEN``) and a YAML key (``max_model_len``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- model ---
+    model: str = Field(
+        "demo",
+        description="Hub id, local checkpoint directory, a short alias (e.g. 6.7b-instruct), "
+        "or 'demo' / 'demo-v2' for an embedded tiny random-weight model that serves offline.",
+        min_length=1,
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients use in the 'model' field (default: the --model value)."
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer directory or hub id, if not the model's own."
+    )
+    revision: str | None = Field(None, description="Hub revision of the model.")
+    kind: Literal["auto", "base", "instruct"] = Field(
+        "auto", description="Checkpoint kind; 'auto' detects it from the name and tokenizer."
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where demo models and repaired tokenizers are written "
+        "(default: $XDG_CACHE_HOME/deepseek_serve).",
+    )
+
+    # --- engine (passed to vLLM) ---
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per engine (TP).")
+    max_model_len: int | None = Field(
+        None, ge=16, le=1_048_576, description="Context window; default: the model's."
+    )
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        "auto", description="Weight and activation dtype."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Fraction of accelerator memory vLLM may use."
+    )
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation.")
+    quantization: str | None = Field(None, description="vLLM quantization method (awq, gptq, fp8 ...).")
+    seed: int = Field(0, ge=0, description="Engine seed.")
+    max_num_seqs: int | None = Field(
+        None, ge=1, le=65536, description="Most sequences the engine runs at once."
+    )
+    enable_prefix_caching: bool | None = Field(
+        None, description="Prefix caching (vLLM's default when unset)."
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other vLLM engine argument, e.g. {'kv_cache_memory_bytes': 2e9}. "
+        "CLI: --engine-arg KEY=VALUE (VALUE parsed as JSON when it can be).",
+    )
+
+    # --- HTTP server ---
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the server and engine."
+    )
+    default_completion_max_tokens: int = Field(
+        16, ge=1, le=1_048_576, description="max_tokens of /v1/completions when not given (OpenAI: 16)."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        return resolve_alias(value)
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Settings from ``overrides`` (the CLI flags given), the environment and a YAML file."""
+    config_file = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if not config_file:
+        return Settings(**dict(overrides or {}))
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    loaded = _FromFile(**dict(overrides or {}))
+    return Settings.model_validate(loaded.model_dump(), context=None)

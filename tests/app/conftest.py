@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from deepseek_serve.app import create_app
+from deepseek_serve.settings import Settings
+from deepseek_serve.tokenizer import TokenizerSetup
+from tests.fakes import FakeEngine
+
+MakeClient = Callable[..., tuple[TestClient, FakeEngine]]
+
+
+def wait_ready(client: TestClient) -> None:
+    deadline = time.monotonic() + 5
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, "fake engine never became ready"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def make_client(v1_setup: TokenizerSetup) -> Iterator[MakeClient]:
+    clients: list[TestClient] = []
+
+    def make(
+        setup: TokenizerSetup | None = None, wait: bool = True, **engine_kwargs: Any
+    ) -> tuple[TestClient, FakeEngine]:
+        setup = setup or v1_setup
+        engine = FakeEngine(setup.prompt_tokenizer, **engine_kwargs)
+        settings = Settings(model="demo", _env_prefix="DEEPSEEK_SERVE_TEST_UNUSED_")
+        client = TestClient(create_app(settings, engine, setup.prompt_tokenizer))
+        client.__enter__()
+        clients.append(client)
+        if wait:
+            wait_ready(client)
+        return client, engine
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: MakeClient) -> TestClient:
+    return make_client()[0]
+
+
+@pytest.fixture
+def client_engine(make_client: MakeClient) -> tuple[TestClient, FakeEngine]:
+    return make_client()
