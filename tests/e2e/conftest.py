@@ -1,0 +1,131 @@
+"""One real server over the real vLLM CPU engine for the whole test run.
+
+Its model is a tiny random-weight checkpoint whose tokenizer files are the hub's ORIGINAL
+DeepSeek-Coder ones, which transformers 5 mis-loads: every test here runs through the start-up
+repair, and the golden-id tests prove the repair reached the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from deepseek_serve.demo import build_demo_model
+from tests.conftest import FIXTURES
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_NAME = "tiny-coder"
+START_TIMEOUT = 300
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    model_dir: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def requests_in_engine(self) -> int:
+        r = httpx.get(f"{self.base_url}/health", timeout=5)
+        assert r.status_code == 200, r.text
+        return int(r.json()["requests_in_engine"])
+
+    def wait_engine_idle(self, timeout: float = 5.0) -> float:
+        start = time.monotonic()
+        while self.requests_in_engine() != 0:
+            assert time.monotonic() - start < timeout, "engine still holds requests"
+            time.sleep(0.02)
+        return time.monotonic() - start
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(pid: int, grace: float) -> bool:
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout=grace)
+        return False
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.TimeoutExpired:
+        return True
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("e2e")
+    model = build_demo_model(
+        "demo", root / "tiny-coder", tokenizer_dir=FIXTURES / "deepseek-coder-hub-layout"
+    )
+    port = free_port()
+    log_path = root / "server.log"
+    cmd = [
+        sys.executable, "-m", "deepseek_serve",
+        "--config", str(ROOT / "configs" / "cpu.yaml"),
+        "--model", str(model),
+        "--served-model-name", MODEL_NAME,
+        "--port", str(port),
+        "--cache-dir", str(root / "cache"),
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    live = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, model)
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{live.log()[-4000:]}")
+            try:
+                if httpx.get(f"{live.base_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy after {START_TIMEOUT}s:\n{live.log()[-4000:]}")
+            time.sleep(0.5)
+        yield live
+    finally:
+        children = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        leftover = [pid for pid in children if _alive(pid, grace=10.0)]
+        for pid in leftover:
+            os.kill(pid, signal.SIGKILL)
+    assert not leftover, f"engine processes left behind after SIGTERM: {leftover}"
+
+
+@pytest.fixture(scope="session")
+def client(server: LiveServer) -> OpenAI:
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
