@@ -50,7 +50,8 @@ def tokenizers() -> dict[Family, tuple[PreTrainedTokenizerBase, Variant]]:
         hf = load_hf_tokenizer(path)
         tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
         variant = detect_variant(config, tokenizer_config, hf)
-        assert variant.family is family and variant.kind is Kind.INSTRUCT
+        assert variant.family is family
+        assert variant.kind is Kind.INSTRUCT
         loaded[family] = (hf, variant)
     return loaded
 

@@ -1,0 +1,126 @@
+"""Settings precedence, the CLI and start-up decisions that need no engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deepseek_serve.cli import main, parse_engine_args, settings_from_argv
+from deepseek_serve.demo import is_demo_dir
+from deepseek_serve.engine import VLLMEngine
+from deepseek_serve.server import ResolvedModel, StartupError, check_tokenizer, resolve_model
+from deepseek_serve.settings import Settings, load_settings
+from tests.conftest import model_dir_with
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("DEEPSEEK_SERVE_"):
+            monkeypatch.delenv(key)
+
+
+def test_precedence_cli_over_env_over_yaml_over_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("port: 1111\nmax_model_len: 2048\ndtype: float16\nengine_args:\n  max_num_batched_tokens: 512\n")
+    monkeypatch.setenv("DEEPSEEK_SERVE_PORT", "2222")
+    monkeypatch.setenv("DEEPSEEK_SERVE_MAX_MODEL_LEN", "3072")
+    s = load_settings({"port": 3333}, config)
+    assert s.port == 3333  # flag beats env and file
+    assert s.max_model_len == 3072  # env beats file
+    assert s.dtype == "float16"  # file beats default
+    assert s.engine_args == {"max_num_batched_tokens": 512}
+    assert s.tensor_parallel_size == 1  # default
+
+
+def test_config_from_env_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("enforce_eager: true\n")
+    monkeypatch.setenv("DEEPSEEK_SERVE_CONFIG", str(config))
+    assert load_settings().enforce_eager is True
+
+
+def test_repo_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in root.glob("*.yaml"):
+        load_settings({}, path)
+
+
+def test_bounds_and_unknown_keys_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Settings(tensor_parallel_size=0)
+    with pytest.raises(ValueError):
+        Settings(gpu_memory_utilization=1.5)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tensor_paralel_size: 2\n")
+    with pytest.raises(ValueError):
+        load_settings({}, bad)
+
+
+def test_aliases_map_to_hub_ids() -> None:
+    assert Settings(model="6.7b-instruct").model == "deepseek-ai/deepseek-coder-6.7b-instruct"
+    assert Settings(model="deepseek-coder-33b-base").model == "deepseek-ai/deepseek-coder-33b-base"
+    assert Settings(model="V2-Lite-Instruct").model == "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct"
+    assert Settings(model="/models/mine").model == "/models/mine"
+
+
+def test_cli_flags_and_engine_arg_passthrough() -> None:
+    s = settings_from_argv([
+        "--model", "1.3b-base", "--tensor-parallel-size", "2", "--max-model-len", "8192",
+        "--dtype", "bfloat16", "--gpu-memory-utilization", "0.8", "--enforce-eager",
+        "--quantization", "awq", "--served-model-name", "coder", "--host", "0.0.0.0",
+        "--port", "9000", "--engine-arg", "max_num_batched_tokens=4096",
+        "--engine-arg", "kv-cache-dtype=fp8",
+    ])
+    args = VLLMEngine(s, "m", "t").engine_args()
+    assert args["model"] == "m" and args["tokenizer"] == "t"
+    assert args["tensor_parallel_size"] == 2 and args["max_model_len"] == 8192
+    assert args["dtype"] == "bfloat16" and args["gpu_memory_utilization"] == 0.8
+    assert args["enforce_eager"] is True and args["quantization"] == "awq"
+    assert args["served_model_name"] == "coder"
+    assert args["max_num_batched_tokens"] == 4096 and args["kv_cache_dtype"] == "fp8"
+    assert s.host == "0.0.0.0" and s.port == 9000
+
+
+def test_cli_rejects_bad_values() -> None:
+    with pytest.raises(SystemExit, match="tensor_parallel_size"):
+        settings_from_argv(["--tensor-parallel-size", "0"])
+    with pytest.raises(SystemExit):
+        parse_engine_args(["novalue"])
+
+
+def test_demo_model_is_built_offline(tmp_path: Path) -> None:
+    resolved = resolve_model(Settings(model="demo", cache_dir=tmp_path))
+    assert resolved.is_demo and is_demo_dir(resolved.files_dir)
+    config = json.loads((resolved.files_dir / "config.json").read_text())
+    assert config["vocab_size"] == 32256 and config["architectures"] == ["LlamaForCausalLM"]
+    assert (resolved.files_dir / "model.safetensors").is_file()
+    setup = check_tokenizer(Settings(model="demo", cache_dir=tmp_path), resolved)
+    assert not setup.repaired and setup.variant.kind.value == "instruct"
+
+
+def test_unrepairable_tokenizer_refuses_to_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = model_dir_with(tmp_path / "broken", "demo")
+    data = json.loads((model / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    vocab["Hello"], vocab["Ġworld"] = vocab["Ġworld"], vocab["Hello"]  # a silently wrong vocab
+    (model / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(StartupError, match="golden"):
+        check_tokenizer(Settings(model=str(model), cache_dir=tmp_path), ResolvedModel(str(model), model, False))
+    # and the CLI exits non-zero with the message, before any engine starts
+    code = main(["--model", str(model), "--cache-dir", str(tmp_path)])
+    assert code == 2
+    assert "cannot start" in capsys.readouterr().err
+
+
+def test_not_a_deepseek_model_refuses_to_start(tmp_path: Path) -> None:
+    model = model_dir_with(tmp_path / "m", "demo")
+    shutil.copyfile(model / "config.json", tmp_path / "c.json")
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(StartupError):
+        check_tokenizer(Settings(model=str(model), cache_dir=tmp_path), ResolvedModel(str(model), model, False))
