@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_MARKER = "deepseek_serve_demo.json"
-_BUILD_VERSION = 1
+_BUILD_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,8 @@ _V2_CONFIG: dict[str, Any] = {
     "qk_nope_head_dim": 128,
     "v_head_dim": 128,
     "topk_method": "greedy",
+    "n_group": 1,
+    "topk_group": 1,
     "max_position_embeddings": 16384,
     "tie_word_embeddings": True,
     "bos_token_id": 100000,
@@ -89,6 +91,11 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
+def demo_dir(name: str, cache_root: Path | None = None) -> Path:
+    """Where the demo checkpoint ``name`` lives; the build version keeps stale builds apart."""
+    return (cache_root or default_cache_dir()) / "models" / f"{name}-v{_BUILD_VERSION}"
+
+
 def is_demo_dir(path: str | Path) -> bool:
     return (Path(path) / DEMO_MARKER).is_file()
 
@@ -107,7 +114,7 @@ def build_demo_model(
     """
     spec = DEMOS[name]
     tok_src = tokenizer_dir or packaged_tokenizer_dir(spec.tokenizer)
-    target = target or default_cache_dir() / f"{name}-v{_BUILD_VERSION}-seed{seed}"
+    target = target or demo_dir(name)
     if is_demo_dir(target):
         return target
 
@@ -122,7 +129,9 @@ def build_demo_model(
         config = config_cls(**{k: v for k, v in spec.config.items() if k != "model_type"})
         config.architectures = [spec.architecture]
         torch.manual_seed(seed)
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = transformers.AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            config, dtype=torch.bfloat16
+        )
         model.save_pretrained(staging)
         for file in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(tok_src / file, staging / file)

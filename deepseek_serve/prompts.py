@@ -4,10 +4,16 @@ happen before the engine sees a token (vocabulary, context window, stop tokens p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from deepseek_serve.engine import ModelLimits, SamplingOptions
 from deepseek_serve.errors import ContextWindowExceededError, InvalidRequestError
-from deepseek_serve.protocol import ChatCompletionRequest, ChatMessageIn, CompletionRequest
+from deepseek_serve.protocol import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    CompletionRequest,
+    PromptInput,
+)
 from deepseek_serve.templates import ChatMessage, render_chat, render_fim
 from deepseek_serve.tokenizer import PromptTokenizer
 from deepseek_serve.variant import Variant
@@ -34,13 +40,7 @@ class PromptBuilder:
         return min(len(self.tokenizer), self.limits.model_vocab_size)
 
     def completion_prompts(self, req: CompletionRequest) -> list[TokenPrompt]:
-        raw = req.prompt
-        if isinstance(raw, str):
-            items: list[str] | list[list[int]] = [raw]
-        elif raw and isinstance(raw[0], int):
-            items = [list(raw)]  # type: ignore[arg-type]
-        else:
-            items = list(raw)  # type: ignore[arg-type]
+        items = _prompt_items(req.prompt)
         prompts = []
         for i, item in enumerate(items):
             param = "prompt" if len(items) == 1 else f"prompt[{i}]"
@@ -135,6 +135,15 @@ class PromptBuilder:
             min_tokens=req.min_tokens,
             priority=req.priority,
         )
+
+
+def _prompt_items(raw: PromptInput) -> list[str | list[int]]:
+    """The four OpenAI prompt forms as a list of single prompts."""
+    if isinstance(raw, str):
+        return [raw]
+    if all(isinstance(x, int) for x in raw):
+        return [cast(list[int], raw)]
+    return cast(list[str | list[int]], list(raw))
 
 
 def _message(i: int, m: ChatMessageIn) -> ChatMessage:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
 from deepseek_serve.app import create_app
-from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, is_demo_dir
+from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, demo_dir, is_demo_dir
 from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
 from deepseek_serve.settings import Settings
 from deepseek_serve.tokenizer import (
@@ -37,7 +38,7 @@ class ResolvedModel:
 def resolve_model(settings: Settings) -> ResolvedModel:
     cache = settings.cache_dir or default_cache_dir()
     if settings.model in DEMOS:
-        path = build_demo_model(settings.model, cache / "models" / settings.model)
+        path = build_demo_model(settings.model, demo_dir(settings.model, cache))
         return ResolvedModel(str(path), path, True)
     try:
         files = model_dir_of(settings.model, revision=settings.revision)
@@ -66,7 +67,7 @@ def check_tokenizer(settings: Settings, model: ResolvedModel) -> TokenizerSetup:
         raise StartupError(str(exc)) from exc
 
 
-def engine_tokenizer_check(setup: TokenizerSetup) -> object:
+def engine_tokenizer_check(setup: TokenizerSetup) -> Callable[[Engine], None]:
     """After the engine starts: the tokenizer vLLM itself loaded must pass the same checks."""
 
     def check(engine: Engine) -> None:
@@ -110,7 +111,7 @@ def serve(settings: Settings) -> int:
         settings,
         engine,
         setup.prompt_tokenizer,
-        post_start_check=engine_tokenizer_check(setup),  # type: ignore[arg-type]
+        post_start_check=engine_tokenizer_check(setup),
         on_fatal=fatal,
     )
     config = uvicorn.Config(

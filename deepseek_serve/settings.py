@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="Log level of the server and engine."
+        "info", description="Log level of the server (vLLM's own: VLLM_LOGGING_LEVEL)."
     )
     default_completion_max_tokens: int = Field(
         16, ge=1, le=1_048_576, description="max_tokens of /v1/completions when not given (OpenAI: 16)."

@@ -94,7 +94,7 @@ class Variant:
     @property
     def chat_stop_ids(self) -> tuple[int, ...]:
         """Ids that end an assistant turn in chat."""
-        # v1 instruct ends turns with <|EOT|> and only rarely emits end-of-sentence.
+        # v1 instruct closes each turn with <|EOT|> (its tokenizer's eos), not end-of-sentence.
         if self.family is Family.CODER_V1 and self.kind is Kind.INSTRUCT:
             assert self.special.eot is not None  # enforced by detect_variant
             return (self.special.eot,)
@@ -192,11 +192,13 @@ def family_from_config(model_config: Mapping[str, Any]) -> Family:
 
 
 def kind_from_name(name_hint: str) -> Kind | None:
-    """Kind named by a hub id or directory name, or None when it names neither or both."""
-    found = {m.lower() for m in _KIND_HINT.findall(name_hint)}
-    if len(found) != 1:
-        return None
-    return Kind(found.pop())
+    """Kind named by a hub id or path ("-instruct" / "-base"), or None when it names neither.
+
+    The last mention wins: in "/data/my-base-models/deepseek-coder-6.7b-instruct" the model's
+    own name comes last.
+    """
+    found = _KIND_HINT.findall(name_hint)
+    return Kind(found[-1].lower()) if found else None
 
 
 def _token_content(token: object) -> str | None:

@@ -79,19 +79,14 @@ def _alive(pid: int, grace: float) -> bool:
         return True
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("e2e")
-    model = build_demo_model(
-        "demo", root / "tiny-coder", tokenizer_dir=FIXTURES / "deepseek-coder-hub-layout"
-    )
+def start_server(root: Path, model: Path, name: str) -> Iterator[LiveServer]:
     port = free_port()
     log_path = root / "server.log"
     cmd = [
         sys.executable, "-m", "deepseek_serve",
         "--config", str(ROOT / "configs" / "cpu.yaml"),
         "--model", str(model),
-        "--served-model-name", MODEL_NAME,
+        "--served-model-name", name,
         "--port", str(port),
         "--cache-dir", str(root / "cache"),
     ]
@@ -123,7 +118,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         leftover = [pid for pid in children if _alive(pid, grace=10.0)]
         for pid in leftover:
             os.kill(pid, signal.SIGKILL)
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete
+    assert proc.returncode in (0, -signal.SIGTERM), f"server exited with {proc.returncode}"
     assert not leftover, f"engine processes left behind after SIGTERM: {leftover}"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("e2e")
+    model = build_demo_model(
+        "demo", root / "tiny-coder", tokenizer_dir=FIXTURES / "deepseek-coder-hub-layout"
+    )
+    yield from start_server(root, model, MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def server_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A tiny DeepSeek-Coder-V2 (MLA + MoE) checkpoint; started only if a test asks for it."""
+    root = tmp_path_factory.mktemp("e2e-v2")
+    model = build_demo_model("demo-v2", root / "tiny-coder-v2-lite-instruct")
+    yield from start_server(root, model, "tiny-coder-v2")
 
 
 @pytest.fixture(scope="session")

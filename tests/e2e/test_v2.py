@@ -1,0 +1,51 @@
+"""DeepSeek-Coder-V2 (MLA attention + MoE) end to end on the real CPU engine."""
+
+from __future__ import annotations
+
+import pytest
+from openai import OpenAI
+from transformers import AutoTokenizer
+
+from deepseek_serve.demo import packaged_tokenizer_dir
+from tests.e2e.conftest import LiveServer
+
+pytestmark = pytest.mark.e2e
+
+BOS, EOS, FIM_HOLE, FIM_BEGIN, FIM_END = 100000, 100001, 100002, 100003, 100004
+MODEL = "tiny-coder-v2"
+
+
+@pytest.fixture(scope="module")
+def v2(server_v2: LiveServer) -> OpenAI:
+    return OpenAI(base_url=f"{server_v2.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_v2_variant_is_detected(server_v2: LiveServer) -> None:
+    assert "deepseek-coder-v2 instruct" in server_v2.log()
+
+
+def test_v2_chat_template_and_eos_stop(v2: OpenAI) -> None:
+    tok = AutoTokenizer.from_pretrained(packaged_tokenizer_dir("deepseek-coder-v2"))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sort a list."}]
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered.endswith("User: Sort a list.\n\nAssistant:")
+    ids = tok.encode(rendered, add_special_tokens=False)
+    common = {"model": MODEL, "max_tokens": 8, "temperature": 0, "logit_bias": {str(EOS): -100}}
+    chat = v2.chat.completions.create(messages=messages, **common)
+    plain = v2.completions.create(prompt=ids, **common)
+    assert chat.usage.prompt_tokens == len(ids)
+    assert chat.choices[0].message.content == plain.choices[0].text
+    stopped = v2.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, logit_bias={str(EOS): 100})
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens == 1
+
+
+def test_v2_fim(v2: OpenAI) -> None:
+    tok = AutoTokenizer.from_pretrained(packaged_tokenizer_dir("deepseek-coder-v2"))
+    prefix, suffix = "def area(r):\n    ", "\n"
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    ids = [BOS, FIM_BEGIN, *enc(prefix), FIM_HOLE, *enc(suffix), FIM_END]
+    common = {"model": MODEL, "max_tokens": 8, "temperature": 0, "logit_bias": {str(EOS): -100}}
+    fim = v2.completions.create(prompt=prefix, suffix=suffix, **common)
+    explicit = v2.completions.create(prompt=ids, **common)
+    assert fim.usage.prompt_tokens == len(ids)
+    assert fim.choices[0].text == explicit.choices[0].text
