@@ -54,7 +54,10 @@ def create_app(
             )
             logger.info(
                 "serving %s (context window %d tokens) on http://%s:%d",
-                state.model_name, engine.limits.max_model_len, settings.host, settings.port,
+                state.model_name,
+                engine.limits.max_model_len,
+                settings.host,
+                settings.port,
             )
         except Exception as exc:
             state.failed = exc

@@ -9,7 +9,6 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         if name == "engine_args":
             parser.add_argument(
-                "--engine-arg", dest="engine_args", action="append", metavar="KEY=VALUE",
+                "--engine-arg",
+                dest="engine_args",
+                action="append",
+                metavar="KEY=VALUE",
                 help="Any other vLLM engine argument (repeatable); VALUE is JSON when it parses.",
             )
         elif _is_bool(info.annotation):

@@ -57,7 +57,9 @@ class Formatter:
     def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
         return []
 
-    def chunk_choice(self, index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
+    def chunk_choice(
+        self, index: int, text: str, logprobs: Any, finish: str | None
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     def final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
@@ -98,10 +100,14 @@ class Formatter:
             "choices": choices,
         }
         if self.include_usage:
-            body["usage"] = usage if usage is not None or not self.continuous_usage else self.usage()
+            body["usage"] = (
+                usage if usage is not None or not self.continuous_usage else self.usage()
+            )
         return sse_frame(body)
 
-    async def frames(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> AsyncIterator[bytes]:
+    async def frames(
+        self, outputs: AsyncIterator[tuple[int, EngineOutput]]
+    ) -> AsyncIterator[bytes]:
         async for prompt_index, out in outputs:
             for seq in out.sequences:
                 index, pre, text, logprobs = self._update(prompt_index, out, seq)
@@ -148,7 +154,9 @@ class CompletionFormatter(Formatter):
         choice.text.append(text)
         return [self.chunk_choice(index, text, logprobs, None)]
 
-    def chunk_choice(self, index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
+    def chunk_choice(
+        self, index: int, text: str, logprobs: Any, finish: str | None
+    ) -> dict[str, Any]:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
     def final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
@@ -163,10 +171,20 @@ class CompletionFormatter(Formatter):
             tops.append(None if e.token_id < 0 else {t: lp for _, t, lp in e.top})
             offsets.append(choice.text_offset)
             choice.text_offset += len(e.token)
-        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+        return {
+            "tokens": tokens,
+            "token_logprobs": values,
+            "top_logprobs": tops,
+            "text_offset": offsets,
+        }
 
     def merge_logprobs(self, parts: list[Any]) -> Any:
-        merged: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        merged: dict[str, list[Any]] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
         for part in parts:
             for key, values in merged.items():
                 values.extend(part[key])
@@ -179,9 +197,18 @@ class ChatFormatter(Formatter):
     chunk_object_name = "chat.completion.chunk"
 
     def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
-        return [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+        return [
+            {
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ]
 
-    def chunk_choice(self, index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
+    def chunk_choice(
+        self, index: int, text: str, logprobs: Any, finish: str | None
+    ) -> dict[str, Any]:
         delta = {"content": text} if text else {}
         return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 

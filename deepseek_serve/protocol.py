@@ -166,7 +166,9 @@ async def parse_body(request: Request, model: type[T]) -> T:
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequestError(f"The body is not valid JSON: {exc}.", code="invalid_json") from exc
+        raise InvalidRequestError(
+            f"The body is not valid JSON: {exc}.", code="invalid_json"
+        ) from exc
     if not isinstance(data, dict):
         raise InvalidRequestError("The body must be a JSON object.", code="invalid_json")
     try:

@@ -41,8 +41,9 @@ def resolve_alias(model: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Everything ``deepseek-serve`` can be told. Every field is a CLI flag (``--max-model-len``),
-    an environment variable (``DEEPSEEK_SERVE_MAX_MODEL_LEN``) and a YAML key (``max_model_len``)."""
+    """Everything ``deepseek-serve`` can be told. Every field is a CLI flag
+    (``--max-model-len``), an environment variable (``DEEPSEEK_SERVE_MAX_MODEL_LEN``) and a YAML
+    key (``max_model_len``)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -86,7 +87,9 @@ class Settings(BaseSettings):
         0.9, gt=0.0, le=1.0, description="Fraction of accelerator memory vLLM may use."
     )
     enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation.")
-    quantization: str | None = Field(None, description="vLLM quantization method (awq, gptq, fp8 ...).")
+    quantization: str | None = Field(
+        None, description="vLLM quantization method (awq, gptq, fp8 ...)."
+    )
     seed: int = Field(0, ge=0, description="Engine seed.")
     max_num_seqs: int | None = Field(
         None, ge=1, le=65536, description="Most sequences the engine runs at once."
@@ -107,7 +110,10 @@ class Settings(BaseSettings):
         "info", description="Log level of the server (vLLM's own: VLLM_LOGGING_LEVEL)."
     )
     default_completion_max_tokens: int = Field(
-        16, ge=1, le=1_048_576, description="max_tokens of /v1/completions when not given (OpenAI: 16)."
+        16,
+        ge=1,
+        le=1_048_576,
+        description="max_tokens of /v1/completions when not given (OpenAI: 16).",
     )
 
     @field_validator("model")

@@ -31,7 +31,9 @@ class ServerState:
         if self.failed is not None:
             raise EngineDeadError()
         if self.prompts is None:
-            raise ServiceUnavailableError("The model is still loading; retry shortly.", code="starting")
+            raise ServiceUnavailableError(
+                "The model is still loading; retry shortly.", code="starting"
+            )
         return self.prompts
 
     def check_model(self, requested: str | None) -> None:

@@ -8,6 +8,7 @@ listening for the client to go away. Whichever way it ends, the engine requests 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +29,11 @@ T = TypeVar("T")
 
 
 def sse_frame(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
 
 
 async def engine_outputs(
@@ -125,9 +130,7 @@ class SSEResponse(StreamingResponse):
     media_type = "text/event-stream"
 
     def __init__(self, frames: AsyncIterator[bytes]) -> None:
-        super().__init__(
-            frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+        super().__init__(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def listen() -> None:
@@ -138,10 +141,9 @@ class SSEResponse(StreamingResponse):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(listen)
-                try:
+                # OSError: the client went away while we were sending
+                with contextlib.suppress(OSError):
                     await self.stream_response(send)
-                except OSError:
-                    pass  # the client went away while we were sending
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):

@@ -95,7 +95,10 @@ class FakeEngine:
                     done[i] = finish is not None
                     logprobs = None
                     if options.logprobs is not None:
-                        top = tuple((t, self.tokenizer.decode([t]), -1.0 - j) for j, t in enumerate(self.word_ids[: options.logprobs]))
+                        top = tuple(
+                            (t, self.tokenizer.decode([t]), -1.0 - j)
+                            for j, t in enumerate(self.word_ids[: options.logprobs])
+                        )
                         logprobs = [TokenLogprob(token, self.tokenizer.decode([token]), -1.5, top)]
                     deltas.append(SequenceDelta(i, text, [token], logprobs, finish))
                 finished = all(done)

@@ -46,7 +46,9 @@ async def create_chat_completion(request: Request) -> Response:
     )
     outputs = engine_outputs(state.engine, request_id, [prompt.token_ids], options)
     if req.stream:
-        frames = await until_disconnected(request, lambda: first_then_rest(formatter.frames(outputs)))
+        frames = await until_disconnected(
+            request, lambda: first_then_rest(formatter.frames(outputs))
+        )
         return SSEResponse(guarded_frames(frames))
     return JSONResponse(await until_disconnected(request, lambda: formatter.collect(outputs)))
 

@@ -36,14 +36,23 @@ def test_chat_renders_coder_v1_template_with_default_system(
     assert options.stop_token_ids == (32021,)  # <|EOT|>
 
 
-def test_chat_content_parts_and_developer_role(client_engine: tuple[TestClient, FakeEngine], v1_setup: TokenizerSetup) -> None:
+def test_chat_content_parts_and_developer_role(
+    client_engine: tuple[TestClient, FakeEngine], v1_setup: TokenizerSetup
+) -> None:
     client, engine = client_engine
     messages = [
         {"role": "developer", "content": "Be terse."},
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
     ]
-    assert client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1}).status_code == 200
-    expected = render_chat([ChatMessage("system", "Be terse."), ChatMessage("user", "a\nb")], v1_setup.variant)
+    assert (
+        client.post(
+            "/v1/chat/completions", json={"messages": messages, "max_tokens": 1}
+        ).status_code
+        == 200
+    )
+    expected = render_chat(
+        [ChatMessage("system", "Be terse."), ChatMessage("user", "a\nb")], v1_setup.variant
+    )
     assert engine.seen[-1][1] == v1_setup.prompt_tokenizer.encode(expected)
 
 
@@ -53,7 +62,9 @@ def test_chat_v2_stops_at_eos(make_client: MakeClient, v2_setup: TokenizerSetup)
     assert r.status_code == 200
     _, ids, options = engine.seen[-1]
     assert options.stop_token_ids == (100001,)
-    assert v2_setup.prompt_tokenizer.decode(ids).endswith("User: Write quicksort in Python.\n\nAssistant:")
+    assert v2_setup.prompt_tokenizer.decode(ids).endswith(
+        "User: Write quicksort in Python.\n\nAssistant:"
+    )
 
 
 def test_chat_stream_role_first_and_done_last(client: TestClient) -> None:
@@ -61,7 +72,7 @@ def test_chat_stream_role_first_and_done_last(client: TestClient) -> None:
     r = chat(client, max_tokens=4, seed=1, n=2, stream=True, stream_options={"include_usage": True})
     frames = r.text.split("\n\n")[:-1]
     assert frames[-1] == "data: [DONE]"
-    chunks = [json.loads(f[len("data: "):]) for f in frames[:-1]]
+    chunks = [json.loads(f[len("data: ") :]) for f in frames[:-1]]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == full["usage"]
     content: dict[int, str] = {}
     for index in (0, 1):
@@ -86,8 +97,12 @@ def test_chat_on_base_model_is_refused(make_client: MakeClient, tmp_path) -> Non
     from deepseek_serve.tokenizer import prepare_tokenizer
     from tests.conftest import model_dir_with
 
-    base = prepare_tokenizer(model_dir_with(tmp_path / "m", "demo"), kind_override=None,
-                             name_hint="deepseek-coder-6.7b-base", work_dir=tmp_path / "w")
+    base = prepare_tokenizer(
+        model_dir_with(tmp_path / "m", "demo"),
+        kind_override=None,
+        name_hint="deepseek-coder-6.7b-base",
+        work_dir=tmp_path / "w",
+    )
     client, engine = make_client(setup=base)
     r = chat(client, max_tokens=2)
     assert r.status_code == 400 and r.json()["error"]["code"] == "chat_not_supported"

@@ -32,16 +32,23 @@ def test_completion_shape_and_usage(client_engine: tuple[TestClient, FakeEngine]
     (choice,) = body["choices"]
     assert choice["finish_reason"] == "length" and choice["index"] == 0
     _, prompt_ids, options = engine.seen[-1]
-    assert body["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 5, "total_tokens": len(prompt_ids) + 5}
+    assert body["usage"] == {
+        "prompt_tokens": len(prompt_ids),
+        "completion_tokens": 5,
+        "total_tokens": len(prompt_ids) + 5,
+    }
     assert options.max_tokens == 5 and options.seed == 3
 
 
 def test_default_max_tokens_is_openai_16(client_engine: tuple[TestClient, FakeEngine]) -> None:
     client, engine = client_engine
     assert post(client, {"prompt": "x"}).json()["usage"]["completion_tokens"] == 16
+    assert engine.seen[-1][2].max_tokens == 16
 
 
-def test_prompt_gets_exactly_one_bos(client_engine: tuple[TestClient, FakeEngine], v1_setup: TokenizerSetup) -> None:
+def test_prompt_gets_exactly_one_bos(
+    client_engine: tuple[TestClient, FakeEngine], v1_setup: TokenizerSetup
+) -> None:
     client, engine = client_engine
     bos = v1_setup.variant.special
     for prompt in ["Hello world", bos.bos_text + "Hello world", ""]:
@@ -62,15 +69,23 @@ def test_prompt_forms(client_engine: tuple[TestClient, FakeEngine]) -> None:
     assert sorted(s[1] for s in engine.seen[-2:]) == [[1835, 1835], [17535]]
 
 
-def test_fim_with_suffix_renders_deepseek_tokens(client_engine: tuple[TestClient, FakeEngine], v1_setup: TokenizerSetup) -> None:
+def test_fim_with_suffix_renders_deepseek_tokens(
+    client_engine: tuple[TestClient, FakeEngine], v1_setup: TokenizerSetup
+) -> None:
     client, engine = client_engine
     hf = v1_setup.prompt_tokenizer.hf
     prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
     r = post(client, {"prompt": prefix, "suffix": suffix, "max_tokens": 3})
     assert r.status_code == 200
     _, ids, options = engine.seen[-1]
-    expected = [32013, 32016, *hf.encode(prefix, add_special_tokens=False), 32015,
-                *hf.encode(suffix, add_special_tokens=False), 32017]
+    expected = [
+        32013,
+        32016,
+        *hf.encode(prefix, add_special_tokens=False),
+        32015,
+        *hf.encode(suffix, add_special_tokens=False),
+        32017,
+    ]
     assert ids == expected
     assert options.stop_token_ids == (32014,)  # <｜end▁of▁sentence｜>, not <|EOT|>
 
@@ -80,6 +95,7 @@ def test_completion_on_instruct_model_does_not_stop_at_eot(make_client: MakeClie
     r = post(client, {"prompt": "x", "max_tokens": 10}).json()
     assert r["choices"][0]["finish_reason"] == "stop"
     assert r["usage"]["completion_tokens"] == 2  # went through <|EOT|>, stopped at EOS
+    assert engine.seen[-1][2].stop_token_ids == (32014,)
 
 
 def test_user_stops_add_to_variant_stops(client_engine: tuple[TestClient, FakeEngine]) -> None:
@@ -156,3 +172,4 @@ def test_failure_before_first_token_gets_a_status(make_client: MakeClient) -> No
     assert r.json()["error"]["message"] == "Internal server error."
     r = post(client, {"prompt": "x", "max_tokens": 10})
     assert r.status_code == 500 and "secret" not in r.text
+    assert engine.running == set()

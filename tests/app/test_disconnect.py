@@ -1,4 +1,4 @@
-"""A client that goes away takes its engine requests with it (raw ASGI, to control the disconnect)."""
+"""A client that goes away takes its engine requests with it (raw ASGI controls the disconnect)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from deepseek_serve.tokenizer import TokenizerSetup
 from tests.fakes import FakeEngine
 
 
-async def _run(v1_setup: TokenizerSetup, body: dict[str, Any], disconnect_after_chunks: int, spec_version: str = "2.3") -> tuple[FakeEngine, list[dict[str, Any]]]:
+async def _run(
+    v1_setup: TokenizerSetup,
+    body: dict[str, Any],
+    disconnect_after_chunks: int,
+    spec_version: str = "2.3",
+) -> tuple[FakeEngine, list[dict[str, Any]]]:
     engine = FakeEngine(v1_setup.prompt_tokenizer, token_delay=0.005, max_model_len=4096)
     app = create_app(Settings(model="demo"), engine, v1_setup.prompt_tokenizer)
     sent: list[dict[str, Any]] = []
@@ -35,10 +40,19 @@ async def _run(v1_setup: TokenizerSetup, body: dict[str, Any], disconnect_after_
             gone.set()
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": spec_version}, "http_version": "1.1",
-        "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
-        "query_string": b"", "root_path": "", "scheme": "http", "server": ("test", 80),
-        "client": ("test", 1), "headers": [(b"content-type", b"application/json")], "app": app,
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("test", 1),
+        "headers": [(b"content-type", b"application/json")],
+        "app": app,
     }
     async with app.router.lifespan_context(app):
         while app.state.deepseek.prompts is None:
@@ -52,7 +66,9 @@ async def _run(v1_setup: TokenizerSetup, body: dict[str, Any], disconnect_after_
 
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
 async def test_stream_disconnect_aborts(v1_setup: TokenizerSetup, spec_version: str) -> None:
-    engine, sent = await _run(v1_setup, {"prompt": "x", "max_tokens": 2000, "stream": True}, 3, spec_version)
+    engine, sent = await _run(
+        v1_setup, {"prompt": "x", "max_tokens": 2000, "stream": True}, 3, spec_version
+    )
     assert engine.running == set()
     frames = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert frames.count(b"data: ") < 20  # stopped long before 2000 tokens
@@ -65,5 +81,7 @@ async def test_non_stream_disconnect_aborts(v1_setup: TokenizerSetup) -> None:
 
 
 async def test_disconnect_with_several_prompts_aborts_all(v1_setup: TokenizerSetup) -> None:
-    engine, _ = await _run(v1_setup, {"prompt": ["a", "b", "c"], "n": 2, "max_tokens": 2000, "stream": True}, 4)
+    engine, _ = await _run(
+        v1_setup, {"prompt": ["a", "b", "c"], "n": 2, "max_tokens": 2000, "stream": True}, 4
+    )
     assert len(engine.seen) == 3 and engine.running == set()

@@ -1,4 +1,4 @@
-"""Every bad input gets the OpenAI error shape with the right status, and the server keeps serving."""
+"""Every bad input gets the OpenAI error shape and the right status; the server keeps serving."""
 
 from __future__ import annotations
 
@@ -59,8 +59,17 @@ def test_completion_bad_parameters(client: TestClient, body: dict, param: str) -
     ("messages", "param"),
     [
         ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0].type"),
-        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None, "tool_calls": [{}]}], "messages[1].tool_calls"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            "messages[0].content[0].type",
+        ),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": None, "tool_calls": [{}]},
+            ],
+            "messages[1].tool_calls",
+        ),
         ([{"role": "user"}], "messages[0].content"),
         ([], "messages"),
         ([{"content": "hi"}], "messages[0].role"),
@@ -71,24 +80,44 @@ def test_chat_bad_messages(client: TestClient, messages: list, param: str) -> No
 
 
 def test_chat_bad_options(client: TestClient) -> None:
-    assert_error(client.post("/v1/chat/completions", json={**CHAT, "top_logprobs": 2}), 400, "top_logprobs")
+    assert_error(
+        client.post("/v1/chat/completions", json={**CHAT, "top_logprobs": 2}), 400, "top_logprobs"
+    )
     assert_error(client.post("/v1/chat/completions", json={**CHAT, "tools": []}), 400, "tools")
-    assert_error(client.post("/v1/chat/completions", json={**CHAT, "response_format": {"type": "json_object"}}), 400)
+    assert_error(
+        client.post(
+            "/v1/chat/completions", json={**CHAT, "response_format": {"type": "json_object"}}
+        ),
+        400,
+    )
 
 
 def test_malformed_json_and_content_type(client: TestClient) -> None:
-    r = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert_error(r, 400, code="invalid_json")
-    r = client.post("/v1/completions", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"})
+    r = client.post(
+        "/v1/completions", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"}
+    )
     assert_error(r, 400, code="unsupported_content_type")
-    r = client.post("/v1/completions", content=b'["x"]', headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/completions", content=b'["x"]', headers={"content-type": "application/json"}
+    )
     assert_error(r, 400)
-    r = client.post("/v1/completions", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/completions", content=b"\xff\xfe", headers={"content-type": "application/json"}
+    )
     assert_error(r, 400)
 
 
 def test_unknown_model_is_404(client: TestClient) -> None:
-    error = assert_error(client.post("/v1/completions", json={"model": "gpt-4", "prompt": "x"}), 404, "model", "model_not_found")
+    error = assert_error(
+        client.post("/v1/completions", json={"model": "gpt-4", "prompt": "x"}),
+        404,
+        "model",
+        "model_not_found",
+    )
     assert "demo" in error["message"]
     assert_error(client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-4"}), 404, "model")
 
@@ -96,12 +125,34 @@ def test_unknown_model_is_404(client: TestClient) -> None:
 def test_context_window(make_client: MakeClient) -> None:
     client, engine = make_client(max_model_len=128)
     long = "word " * 200
-    assert_error(client.post("/v1/completions", json={"prompt": long}), 400, code="context_length_exceeded")
-    assert_error(client.post("/v1/completions", json={"prompt": "x", "max_tokens": 127}), 400, "max_tokens", "context_length_exceeded")
-    assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 126}).status_code == 200
-    assert_error(client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}], "max_tokens": 124}), 400, "max_tokens")
+    assert_error(
+        client.post("/v1/completions", json={"prompt": long}), 400, code="context_length_exceeded"
+    )
+    assert_error(
+        client.post("/v1/completions", json={"prompt": "x", "max_tokens": 127}),
+        400,
+        "max_tokens",
+        "context_length_exceeded",
+    )
+    assert (
+        client.post("/v1/completions", json={"prompt": "x", "max_tokens": 126}).status_code == 200
+    )
+    assert_error(
+        client.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}],
+                "max_tokens": 124,
+            },
+        ),
+        400,
+        "max_tokens",
+    )
     # chat without max_tokens gets the room that is left, never a truncated prompt
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]},
+    )
     prompt_len = len(engine.seen[-1][1])
     assert r.status_code == 200 and engine.seen[-1][2].max_tokens == 128 - prompt_len
     assert not engine.running
@@ -126,7 +177,9 @@ def test_unknown_route_and_method(client: TestClient) -> None:
     assert_error(client.get("/v1/completions"), 405)
 
 
-def test_engine_dead_is_503_and_health_follows(client_engine: tuple[TestClient, FakeEngine]) -> None:
+def test_engine_dead_is_503_and_health_follows(
+    client_engine: tuple[TestClient, FakeEngine],
+) -> None:
     client, engine = client_engine
     engine.dead = True
     assert_error(client.post("/v1/completions", json={"prompt": "x"}), 503)

@@ -83,12 +83,19 @@ def start_server(root: Path, model: Path, name: str) -> Iterator[LiveServer]:
     port = free_port()
     log_path = root / "server.log"
     cmd = [
-        sys.executable, "-m", "deepseek_serve",
-        "--config", str(ROOT / "configs" / "cpu.yaml"),
-        "--model", str(model),
-        "--served-model-name", name,
-        "--port", str(port),
-        "--cache-dir", str(root / "cache"),
+        sys.executable,
+        "-m",
+        "deepseek_serve",
+        "--config",
+        str(ROOT / "configs" / "cpu.yaml"),
+        "--model",
+        str(model),
+        "--served-model-name",
+        name,
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(root / "cache"),
     ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

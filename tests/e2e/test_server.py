@@ -26,7 +26,10 @@ def golden_tokenizer():  # type: ignore[no-untyped-def]
 
 
 def test_health_models_version(server: LiveServer, client: OpenAI) -> None:
-    assert httpx.get(f"{server.base_url}/health").json() == {"status": "ok", "requests_in_engine": 0}
+    assert httpx.get(f"{server.base_url}/health").json() == {
+        "status": "ok",
+        "requests_in_engine": 0,
+    }
     (model,) = client.models.list().data
     assert model.id == MODEL_NAME and model.model_extra["max_model_len"] == 4096
     assert httpx.get(f"{server.base_url}/version").json()["vllm"]
@@ -51,7 +54,12 @@ def test_hub_tokenizer_files_are_repaired_and_served_with_golden_ids(
 
 def test_completion_text_is_detokenized_like_deepseek(client: OpenAI, golden_tokenizer) -> None:  # type: ignore[no-untyped-def]
     r = client.completions.create(
-        model=MODEL_NAME, prompt="def quicksort(xs):\n", max_tokens=24, logprobs=0, logit_bias=NO_EOS, seed=5
+        model=MODEL_NAME,
+        prompt="def quicksort(xs):\n",
+        max_tokens=24,
+        logprobs=0,
+        logit_bias=NO_EOS,
+        seed=5,
     )
     choice = r.choices[0]
     assert choice.finish_reason == "length" and r.usage.completion_tokens == 24
@@ -71,7 +79,9 @@ def test_fim_suffix_equals_explicit_fim_ids(client: OpenAI, golden_tokenizer) ->
 
 def test_chat_uses_the_deepseek_template(client: OpenAI, golden_tokenizer) -> None:  # type: ignore[no-untyped-def]
     messages = [{"role": "user", "content": "Write a function that reverses a string."}]
-    rendered = golden_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = golden_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
     ids = golden_tokenizer.encode(rendered, add_special_tokens=False)
     assert ids.count(BOS) == 1
     common = {"model": MODEL_NAME, "max_tokens": 10, "temperature": 0}
@@ -84,31 +94,50 @@ def test_chat_uses_the_deepseek_template(client: OpenAI, golden_tokenizer) -> No
 def test_stop_tokens_follow_the_variant(client: OpenAI) -> None:
     force_eot = {str(EOT): 100}
     chat = client.chat.completions.create(
-        model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=8, logit_bias=force_eot
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=8,
+        logit_bias=force_eot,
     )
     assert chat.choices[0].finish_reason == "stop" and chat.usage.completion_tokens == 1
     # completion with an instruct checkpoint must run through <|EOT|> ...
-    cmpl = client.completions.create(model=MODEL_NAME, prompt="x", max_tokens=8, logit_bias=force_eot)
+    cmpl = client.completions.create(
+        model=MODEL_NAME, prompt="x", max_tokens=8, logit_bias=force_eot
+    )
     assert cmpl.choices[0].finish_reason == "length" and cmpl.usage.completion_tokens == 8
     # ... and stop at <｜end▁of▁sentence｜>
-    cmpl = client.completions.create(model=MODEL_NAME, prompt="x", max_tokens=8, logit_bias={str(EOS): 100})
+    cmpl = client.completions.create(
+        model=MODEL_NAME, prompt="x", max_tokens=8, logit_bias={str(EOS): 100}
+    )
     assert cmpl.choices[0].finish_reason == "stop" and cmpl.usage.completion_tokens == 1
     # user stop_token_ids add to the variant's
     cmpl = client.completions.create(
-        model=MODEL_NAME, prompt="x", max_tokens=8, logit_bias={"1835": 100},
+        model=MODEL_NAME,
+        prompt="x",
+        max_tokens=8,
+        logit_bias={"1835": 100},
         extra_body={"stop_token_ids": [1835]},
     )
     assert cmpl.choices[0].finish_reason == "stop" and cmpl.usage.completion_tokens == 1
 
 
 def test_streaming_equals_non_streaming_with_usage(client: OpenAI) -> None:
-    common = {"model": MODEL_NAME, "prompt": "import os\n", "max_tokens": 20, "seed": 42,
-              "temperature": 1.0, "n": 2, "logit_bias": NO_EOS}
+    common = {
+        "model": MODEL_NAME,
+        "prompt": "import os\n",
+        "max_tokens": 20,
+        "seed": 42,
+        "temperature": 1.0,
+        "n": 2,
+        "logit_bias": NO_EOS,
+    }
     full = client.completions.create(**common)
     texts = {0: "", 1: ""}
     finishes: dict[int, list[str]] = {0: [], 1: []}
     usage = None
-    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **common))
+    chunks = list(
+        client.completions.create(stream=True, stream_options={"include_usage": True}, **common)
+    )
     for chunk in chunks[:-1]:
         (choice,) = chunk.choices
         texts[choice.index] += choice.text
@@ -124,8 +153,11 @@ def test_streaming_equals_non_streaming_with_usage(client: OpenAI) -> None:
 
 def test_chat_streaming(client: OpenAI) -> None:
     stream = client.chat.completions.create(
-        model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
-        stream=True, logit_bias={str(EOT): -100},
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=6,
+        stream=True,
+        logit_bias={str(EOT): -100},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -134,18 +166,28 @@ def test_chat_streaming(client: OpenAI) -> None:
 
 
 def test_raw_sse_framing(server: LiveServer) -> None:
-    body = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 3, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL_NAME,
+        "prompt": "x",
+        "max_tokens": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     text = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=30).text
     frames = text.split("\n\n")
     assert frames[-1] == "" and frames[-2] == "data: [DONE]"
     for frame in frames[:-2]:
         assert frame.startswith("data: ")
-        json.loads(frame[len("data: "):])
+        json.loads(frame[len("data: ") :])
 
 
 def test_stop_string(client: OpenAI) -> None:
-    common = {"model": MODEL_NAME, "prompt": "class Stack:\n", "temperature": 0, "logit_bias": NO_EOS}
+    common = {
+        "model": MODEL_NAME,
+        "prompt": "class Stack:\n",
+        "temperature": 0,
+        "logit_bias": NO_EOS,
+    }
     full = client.completions.create(max_tokens=16, **common).choices[0].text
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), full
@@ -155,7 +197,13 @@ def test_stop_string(client: OpenAI) -> None:
 
 
 def test_streaming_disconnect_aborts_engine_request(server: LiveServer) -> None:
-    body = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 3000, "stream": True, "logit_bias": NO_EOS}
+    body = {
+        "model": MODEL_NAME,
+        "prompt": "x",
+        "max_tokens": 3000,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
     with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         for _ in range(3):
@@ -201,7 +249,12 @@ def test_bad_completions_are_rejected_and_engine_keeps_serving(
     "messages",
     [
         [{"role": "wizard", "content": "hi"}],
-        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}],
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+            }
+        ],
     ],
 )
 def test_bad_chat_messages_are_rejected(client: OpenAI, messages: list) -> None:
@@ -214,7 +267,9 @@ def test_concurrent_streams_all_complete(server: LiveServer) -> None:
         stream = await ac.completions.create(
             model=MODEL_NAME, prompt=f"# task {i}\n", max_tokens=16, stream=True, logit_bias=NO_EOS
         )
-        return sum([1 async for chunk in stream if chunk.choices and chunk.choices[0].finish_reason])
+        return sum(
+            [1 async for chunk in stream if chunk.choices and chunk.choices[0].finish_reason]
+        )
 
     async def run() -> list[int]:
         ac = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)

@@ -26,7 +26,10 @@ def test_v2_variant_is_detected(server_v2: LiveServer) -> None:
 
 def test_v2_chat_template_and_eos_stop(v2: OpenAI) -> None:
     tok = AutoTokenizer.from_pretrained(packaged_tokenizer_dir("deepseek-coder-v2"))
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sort a list."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Sort a list."},
+    ]
     rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered.endswith("User: Sort a list.\n\nAssistant:")
     ids = tok.encode(rendered, add_special_tokens=False)
@@ -35,7 +38,9 @@ def test_v2_chat_template_and_eos_stop(v2: OpenAI) -> None:
     plain = v2.completions.create(prompt=ids, **common)
     assert chat.usage.prompt_tokens == len(ids)
     assert chat.choices[0].message.content == plain.choices[0].text
-    stopped = v2.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, logit_bias={str(EOS): 100})
+    stopped = v2.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, logit_bias={str(EOS): 100}
+    )
     assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens == 1
 
 

@@ -25,9 +25,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
-def test_precedence_cli_over_env_over_yaml_over_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_cli_over_env_over_yaml_over_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("port: 1111\nmax_model_len: 2048\ndtype: float16\nengine_args:\n  max_num_batched_tokens: 512\n")
+    config.write_text(
+        "port: 1111\nmax_model_len: 2048\ndtype: float16\n"
+        "engine_args:\n  max_num_batched_tokens: 512\n"
+    )
     monkeypatch.setenv("DEEPSEEK_SERVE_PORT", "2222")
     monkeypatch.setenv("DEEPSEEK_SERVE_MAX_MODEL_LEN", "3072")
     s = load_settings({"port": 3333}, config)
@@ -70,13 +75,33 @@ def test_aliases_map_to_hub_ids() -> None:
 
 
 def test_cli_flags_and_engine_arg_passthrough() -> None:
-    s = settings_from_argv([
-        "--model", "1.3b-base", "--tensor-parallel-size", "2", "--max-model-len", "8192",
-        "--dtype", "bfloat16", "--gpu-memory-utilization", "0.8", "--enforce-eager",
-        "--quantization", "awq", "--served-model-name", "coder", "--host", "0.0.0.0",
-        "--port", "9000", "--engine-arg", "max_num_batched_tokens=4096",
-        "--engine-arg", "kv-cache-dtype=fp8",
-    ])
+    s = settings_from_argv(
+        [
+            "--model",
+            "1.3b-base",
+            "--tensor-parallel-size",
+            "2",
+            "--max-model-len",
+            "8192",
+            "--dtype",
+            "bfloat16",
+            "--gpu-memory-utilization",
+            "0.8",
+            "--enforce-eager",
+            "--quantization",
+            "awq",
+            "--served-model-name",
+            "coder",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9000",
+            "--engine-arg",
+            "max_num_batched_tokens=4096",
+            "--engine-arg",
+            "kv-cache-dtype=fp8",
+        ]
+    )
     args = VLLMEngine(s, "m", "t").engine_args()
     assert args["model"] == "m" and args["tokenizer"] == "t"
     assert args["tensor_parallel_size"] == 2 and args["max_model_len"] == 8192
@@ -104,14 +129,18 @@ def test_demo_model_is_built_offline(tmp_path: Path) -> None:
     assert not setup.repaired and setup.variant.kind.value == "instruct"
 
 
-def test_unrepairable_tokenizer_refuses_to_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unrepairable_tokenizer_refuses_to_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = model_dir_with(tmp_path / "broken", "demo")
     data = json.loads((model / "tokenizer.json").read_text())
     vocab = data["model"]["vocab"]
     vocab["Hello"], vocab["Ġworld"] = vocab["Ġworld"], vocab["Hello"]  # a silently wrong vocab
     (model / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(StartupError, match="golden"):
-        check_tokenizer(Settings(model=str(model), cache_dir=tmp_path), ResolvedModel(str(model), model, False))
+        check_tokenizer(
+            Settings(model=str(model), cache_dir=tmp_path), ResolvedModel(str(model), model, False)
+        )
     # and the CLI exits non-zero with the message, before any engine starts
     code = main(["--model", str(model), "--cache-dir", str(tmp_path)])
     assert code == 2
@@ -121,6 +150,10 @@ def test_unrepairable_tokenizer_refuses_to_start(tmp_path: Path, capsys: pytest.
 def test_not_a_deepseek_model_refuses_to_start(tmp_path: Path) -> None:
     model = model_dir_with(tmp_path / "m", "demo")
     shutil.copyfile(model / "config.json", tmp_path / "c.json")
-    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    (model / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    )
     with pytest.raises(StartupError):
-        check_tokenizer(Settings(model=str(model), cache_dir=tmp_path), ResolvedModel(str(model), model, False))
+        check_tokenizer(
+            Settings(model=str(model), cache_dir=tmp_path), ResolvedModel(str(model), model, False)
+        )
