@@ -171,12 +171,13 @@ class VLLMEngine:
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
     ) -> AsyncIterator[EngineOutput]:
         from vllm.exceptions import VLLMValidationError
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs.engine import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
 
         llm = self.llm
+        # Already tokenized and checked by us: an engine input skips vLLM's renderer.
         stream = llm.generate(
-            TokensPrompt(prompt_token_ids=prompt_token_ids),
+            tokens_input(prompt_token_ids),
             _to_vllm(options),
             request_id,
             priority=options.priority,
