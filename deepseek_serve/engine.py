@@ -175,12 +175,16 @@ class VLLMEngine:
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
 
         llm = self.llm
+        try:
+            params = _to_vllm(options)
+        except (ValueError, VLLMValidationError) as exc:
+            # SamplingParams checks only client-given values: its refusals are the client's.
+            raise InvalidRequestError(
+                str(exc.args[0]), param=getattr(exc, "parameter", None)
+            ) from exc
         # Already tokenized and checked by us: an engine input skips vLLM's renderer.
         stream = llm.generate(
-            tokens_input(prompt_token_ids),
-            _to_vllm(options),
-            request_id,
-            priority=options.priority,
+            tokens_input(prompt_token_ids), params, request_id, priority=options.priority
         )
         try:
             async for out in stream:
@@ -188,7 +192,7 @@ class VLLMEngine:
         except VLLMEngineDeadError as exc:
             raise EngineDeadError() from exc
         except VLLMValidationError as exc:
-            raise InvalidRequestError(str(exc)) from exc
+            raise InvalidRequestError(exc.args[0], param=exc.parameter) from exc
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:

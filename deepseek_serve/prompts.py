@@ -110,6 +110,11 @@ class PromptBuilder:
         logprobs: int | None,
         prompt_logprobs: int | None = None,
     ) -> SamplingOptions:
+        if req.min_tokens > max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens ({req.min_tokens}) exceeds max_tokens ({max_tokens}).",
+                param="min_tokens",
+            )
         stop_ids = tuple(req.stop_token_ids or ())
         self.check_ids(list(stop_ids), "stop_token_ids")
         bias = None
@@ -163,11 +168,16 @@ def _message(i: int, m: ChatMessageIn) -> ChatMessage:
         return ChatMessage(role, m.content)
     texts = []
     for j, part in enumerate(m.content):
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+        if part.get("type") != "text":
             raise InvalidRequestError(
                 f"Unsupported content part of type {part.get('type')!r}; "
                 "DeepSeek-Coder accepts text parts only.",
                 param=f"messages[{i}].content[{j}].type",
+            )
+        if not isinstance(part.get("text"), str):
+            raise InvalidRequestError(
+                "A text content part needs a 'text' string.",
+                param=f"messages[{i}].content[{j}].text",
             )
         texts.append(part["text"])
     return ChatMessage(role, "\n".join(texts))

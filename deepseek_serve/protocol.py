@@ -165,7 +165,10 @@ async def parse_body(request: Request, model: type[T]) -> T:
     raw = await request.body()
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if b"\\ud" in raw.lower():
+            # JSON can escape lone UTF-16 surrogates: not text, and they break tokenizers.
+            json.dumps(data, ensure_ascii=False).encode()
+    except (UnicodeError, json.JSONDecodeError) as exc:
         raise InvalidRequestError(
             f"The body is not valid JSON: {exc}.", code="invalid_json"
         ) from exc

@@ -47,6 +47,7 @@ def assert_error(r, status: int, param: str | None = None, code: str | None = No
         ({"prompt": 5}, "prompt"),
         ({"prompt": [17535], "suffix": "x"}, "suffix"),
         ({"prompt": "x", "suffix": "y", "echo": True}, "echo"),
+        ({"prompt": "x", "max_tokens": 2, "min_tokens": 3}, "min_tokens"),
     ],
 )
 def test_completion_bad_parameters(client: TestClient, body: dict, param: str) -> None:
@@ -72,6 +73,7 @@ def test_completion_bad_parameters(client: TestClient, body: dict, param: str) -
         ),
         ([{"role": "user"}], "messages[0].content"),
         ([], "messages"),
+        ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
         ([{"content": "hi"}], "messages[0].role"),
     ],
 )
@@ -201,3 +203,11 @@ def test_server_keeps_serving_after_bad_requests(client: TestClient) -> None:
         client.post("/v1/completions", json={"prompt": [99999999]})
     assert client.post("/v1/completions", json={"prompt": "x"}).status_code == 200
     assert client.get("/health").json()["requests_in_engine"] == 0
+
+
+def test_lone_surrogates_are_rejected_pairs_accepted(client: TestClient) -> None:
+    headers = {"content-type": "application/json"}
+    r = client.post("/v1/completions", content=b'{"prompt": "\\ud800 x"}', headers=headers)
+    assert_error(r, 400, code="invalid_json")
+    emoji = b'{"prompt": "\\ud83e\\udd99 x", "max_tokens": 1}'  # an escaped surrogate pair
+    assert client.post("/v1/completions", content=emoji, headers=headers).status_code == 200
