@@ -93,7 +93,7 @@ def default_cache_dir() -> Path:
 
 def demo_dir(name: str, cache_root: Path | None = None) -> Path:
     """Where the demo checkpoint ``name`` lives; the build version keeps stale builds apart."""
-    return (cache_root or default_cache_dir()) / "models" / f"{name}-v{_BUILD_VERSION}"
+    return (cache_root or default_cache_dir()) / "models" / f"{name}.build{_BUILD_VERSION}"
 
 
 def is_demo_dir(path: str | Path) -> bool:

@@ -130,7 +130,9 @@ class PromptBuilder:
             min_p=req.min_p or 0.0,
             seed=req.seed,
             stop=req.stop_list(),
-            stop_token_ids=tuple(dict.fromkeys(variant_stops + stop_ids)),
+            stop_token_ids=tuple(
+                dict.fromkeys((() if req.ignore_eos else variant_stops) + stop_ids)
+            ),
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
             repetition_penalty=req.repetition_penalty,

@@ -49,6 +49,7 @@ class SamplingFields(_Strict):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)  # extension
     min_tokens: int = Field(0, ge=0)  # extension
+    ignore_eos: bool = False  # extension (vLLM's): the variant's stop tokens do not stop
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
     priority: int = Field(0, ge=-1_000_000, le=1_000_000)  # extension (priority scheduling)

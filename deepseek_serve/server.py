@@ -94,7 +94,8 @@ def serve(settings: Settings) -> int:
         )
     setup = check_tokenizer(settings, model)
     for note in setup.notes:
-        logger.info("tokenizer: %s", note)
+        problem = note.startswith("tokenizer problem") or "repaired" in note
+        logger.log(logging.WARNING if problem else logging.INFO, "tokenizer: %s", note)
     logger.info("variant: %s", setup.variant.describe())
 
     engine = VLLMEngine(settings, model.engine_model, str(setup.tokenizer_dir))

@@ -105,6 +105,14 @@ def test_user_stops_add_to_variant_stops(client_engine: tuple[TestClient, FakeEn
     assert options.stop_token_ids == (32014, 1835) and options.stop == ("\n\n",)
 
 
+def test_ignore_eos_drops_only_the_variant_stops(
+    client_engine: tuple[TestClient, FakeEngine],
+) -> None:
+    client, engine = client_engine
+    post(client, {"prompt": "x", "max_tokens": 2, "ignore_eos": True, "stop_token_ids": [1835]})
+    assert engine.seen[-1][2].stop_token_ids == (1835,)
+
+
 def test_stop_string_truncates(make_client: MakeClient, v1_setup: TokenizerSetup) -> None:
     hf = v1_setup.prompt_tokenizer.hf
     ids = hf.encode(" alpha beta gamma", add_special_tokens=False)
