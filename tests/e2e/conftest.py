@@ -141,7 +141,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="session")
 def server_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A tiny DeepSeek-Coder-V2 (MLA + MoE) checkpoint; started only if a test asks for it."""
+    """A tiny DeepSeek-Coder-V2 (MLA + MoE) checkpoint; started only if a test asks for it.
+    test_v2.py kills its engine in its last test: no other module may use it."""
     root = tmp_path_factory.mktemp("e2e-v2")
     model = build_demo_model("demo-v2", root / "tiny-coder-v2-lite-instruct")
     yield from start_server(root, model, "tiny-coder-v2")

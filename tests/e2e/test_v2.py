@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import time
+
+import httpx
+import psutil
 import pytest
 from openai import OpenAI
 from transformers import AutoTokenizer
@@ -54,3 +60,42 @@ def test_v2_fim(v2: OpenAI) -> None:
     explicit = v2.completions.create(prompt=ids, **common)
     assert fim.usage.prompt_tokens == len(ids)
     assert fim.choices[0].text == explicit.choices[0].text
+
+
+def _engine_core(server: LiveServer) -> psutil.Process:
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name():
+            return child
+    raise AssertionError("no EngineCore process found")
+
+
+def test_zz_engine_death_mid_stream(server_v2: LiveServer) -> None:
+    """Runs last in this module: it kills the V2 server's engine (saves starting another)."""
+    doomed = server_v2
+    body = {
+        "model": MODEL,
+        "prompt": "x",
+        "max_tokens": 3000,
+        "stream": True,
+        "logit_bias": {str(EOS): -100},
+    }
+    frames: list[str] = []
+    with httpx.stream("POST", f"{doomed.base_url}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line:
+                continue
+            frames.append(line)
+            if len(frames) == 3:
+                _engine_core(doomed).send_signal(signal.SIGKILL)
+    assert frames[-1] == "data: [DONE]"
+    error = json.loads(frames[-2][len("data: ") :])["error"]
+    assert error["type"] == "service_unavailable_error" and error["code"] == "engine_dead"
+    assert "Traceback" not in "\n".join(frames)
+
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{doomed.base_url}/health").status_code != 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = httpx.post(f"{doomed.base_url}/v1/completions", json={"model": MODEL, "prompt": "x"})
+    assert r.status_code == 503 and set(r.json()["error"]) == {"message", "type", "param", "code"}
