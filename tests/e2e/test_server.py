@@ -228,7 +228,7 @@ BAD_REQUESTS = [
     ({"prompt": "word " * 5000}, 400, "prompt"),
     ({"prompt": "x", "temperature": -1}, 400, "temperature"),
     ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
-    ({"prompt": "x", "max_tokens": 2, "min_tokens": 5}, 400, "min_tokens"),
+    ({"prompt": "x", "max_tokens": 2, "extra_body": {"min_tokens": 5}}, 400, "min_tokens"),
     ({"prompt": "x", "max_tokens": 2, "temperature": 0, "n": 3}, 400, None),  # vLLM refuses
 ]
 
