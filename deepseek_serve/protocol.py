@@ -87,6 +87,10 @@ class SamplingFields(_Strict):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def continuous_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.continuous_usage_stats
+
 
 PromptInput = str | list[str] | list[NonNegInt] | list[list[NonNegInt]]
 

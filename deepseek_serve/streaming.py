@@ -12,11 +12,11 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from deepseek_serve.engine import Engine, EngineOutput, SamplingOptions
@@ -170,6 +170,26 @@ async def until_disconnected(request: Request, work: Callable[[], Awaitable[T]])
     if task.cancelled():
         raise ClientGone()
     return task.result()
+
+
+class ResponseBuilder(Protocol):
+    def frames(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> AsyncIterator[bytes]: ...
+
+    async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]: ...
+
+
+async def respond(
+    request: Request,
+    builder: ResponseBuilder,
+    outputs: AsyncIterator[tuple[int, EngineOutput]],
+    *,
+    stream: bool,
+) -> Response:
+    """An SSE stream or one JSON body; a client that leaves aborts the engine work either way."""
+    if stream:
+        frames = await until_disconnected(request, lambda: first_then_rest(builder.frames(outputs)))
+        return SSEResponse(guarded_frames(frames))
+    return JSONResponse(await until_disconnected(request, lambda: builder.collect(outputs)))
 
 
 class ClientGone(Exception):

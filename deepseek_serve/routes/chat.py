@@ -6,19 +6,13 @@ import time
 import uuid
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from deepseek_serve.formatting import ChatFormatter
 from deepseek_serve.protocol import ChatCompletionRequest, parse_body
 from deepseek_serve.state import server_state
-from deepseek_serve.streaming import (
-    SSEResponse,
-    engine_outputs,
-    first_then_rest,
-    guarded_frames,
-    until_disconnected,
-)
+from deepseek_serve.streaming import engine_outputs, respond
 
 
 async def create_chat_completion(request: Request) -> Response:
@@ -42,15 +36,10 @@ async def create_chat_completion(request: Request) -> Response:
         n=req.n,
         want_logprobs=req.logprobs,
         include_usage=req.include_usage,
-        continuous_usage=bool(req.stream_options and req.stream_options.continuous_usage_stats),
+        continuous_usage=req.continuous_usage,
     )
     outputs = engine_outputs(state.engine, request_id, [prompt.token_ids], options)
-    if req.stream:
-        frames = await until_disconnected(
-            request, lambda: first_then_rest(formatter.frames(outputs))
-        )
-        return SSEResponse(guarded_frames(frames))
-    return JSONResponse(await until_disconnected(request, lambda: formatter.collect(outputs)))
+    return await respond(request, formatter, outputs, stream=req.stream)
 
 
 routes = [Route("/v1/chat/completions", create_chat_completion, methods=["POST"])]

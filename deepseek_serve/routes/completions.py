@@ -6,19 +6,13 @@ import time
 import uuid
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from deepseek_serve.formatting import CompletionFormatter
 from deepseek_serve.protocol import CompletionRequest, parse_body
 from deepseek_serve.state import server_state
-from deepseek_serve.streaming import (
-    SSEResponse,
-    engine_outputs,
-    first_then_rest,
-    guarded_frames,
-    until_disconnected,
-)
+from deepseek_serve.streaming import engine_outputs, respond
 
 
 async def create_completion(request: Request) -> Response:
@@ -49,19 +43,14 @@ async def create_completion(request: Request) -> Response:
         n=req.n,
         want_logprobs=req.logprobs is not None,
         include_usage=req.include_usage,
-        continuous_usage=bool(req.stream_options and req.stream_options.continuous_usage_stats),
+        continuous_usage=req.continuous_usage,
         echo_texts=[p.text for p in prompts] if req.echo else None,
         prompt_token_texts=[builder.tokenizer.token_texts(p.token_ids) for p in prompts]
         if echo_logprobs
         else None,
     )
     outputs = engine_outputs(state.engine, request_id, [p.token_ids for p in prompts], options)
-    if req.stream:
-        frames = await until_disconnected(
-            request, lambda: first_then_rest(formatter.frames(outputs))
-        )
-        return SSEResponse(guarded_frames(frames))
-    return JSONResponse(await until_disconnected(request, lambda: formatter.collect(outputs)))
+    return await respond(request, formatter, outputs, stream=req.stream)
 
 
 routes = [Route("/v1/completions", create_completion, methods=["POST"])]

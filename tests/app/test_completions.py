@@ -181,3 +181,15 @@ def test_failure_before_first_token_gets_a_status(make_client: MakeClient) -> No
     r = post(client, {"prompt": "x", "max_tokens": 10})
     assert r.status_code == 500 and "secret" not in r.text
     assert engine.running == set()
+
+
+def test_continuous_usage_stats(client: TestClient) -> None:
+    body = {
+        "prompt": "p",
+        "max_tokens": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    chunks = [json.loads(e) for e in sse_events(post(client, body).text)[:-1]]
+    used = [c["usage"]["completion_tokens"] for c in chunks]
+    assert used == sorted(used) and used[-1] == 3 and used[0] >= 1
