@@ -8,7 +8,9 @@ about HTTP, and nothing above it imports vLLM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +122,8 @@ class VLLMEngine:
     tokenizer_path: str
     limits: ModelLimits = field(default_factory=lambda: ModelLimits(0, 0))
     _llm: AsyncLLM | None = None
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def engine_args(self) -> dict[str, Any]:
         s = self.settings
@@ -149,10 +153,20 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**self.engine_args())
+
+        def build() -> AsyncLLM:
+            llm = AsyncLLM.from_engine_args(args)
+            with self._lock:
+                if not self._closed:
+                    self._llm = llm
+                    return llm
+            llm.shutdown()  # shut down while starting: never leave an engine behind
+            raise EngineDeadError("The server shut down while the engine was starting.")
+
         # Building the engine blocks for tens of seconds (it spawns and handshakes the engine
         # core); a thread keeps the event loop, and so /health, answering meanwhile.
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
-        config = self._llm.model_config
+        llm = await asyncio.to_thread(build)
+        config = llm.model_config
         self.limits = ModelLimits(
             max_model_len=config.max_model_len, model_vocab_size=config.get_vocab_size()
         )
@@ -215,9 +229,28 @@ class VLLMEngine:
         return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
 
     async def shutdown(self) -> None:
-        if self._llm is not None:
-            await asyncio.to_thread(self._llm.shutdown)
-            self._llm = None
+        with self._lock:
+            self._closed = True
+            llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+        else:
+            # Still starting: the engine processes are our only children. Stopping them makes
+            # the builder thread fail at once instead of finishing a start nobody wants.
+            _terminate_children()
+
+
+def _terminate_children(grace: float = 5.0) -> None:
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def _to_vllm(o: SamplingOptions) -> SamplingParams:
