@@ -281,3 +281,28 @@ def test_concurrent_streams_all_complete(server: LiveServer) -> None:
 
     assert asyncio.run(run()) == [1] * 16
     assert server.requests_in_engine() == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "param"),
+    [
+        (b'{"prompt": "x",', "application/json", None),  # malformed JSON
+        (b'{"prompt": "x"}', "text/plain", None),  # wrong content type
+        (b'{"prompt": "x", "max_tokens": "many"}', "application/json", "max_tokens"),
+        (b'{"prompt": "x", "best_of": 2, "n": 1}', "application/json", "best_of"),
+        (b'{"prompt": "x", "functions": []}', "application/json", "functions"),
+    ],
+)
+def test_raw_bad_bodies(
+    server: LiveServer, content: bytes, content_type: str, param: str | None
+) -> None:
+    r = httpx.post(
+        f"{server.base_url}/v1/completions",
+        content=content,
+        headers={"content-type": content_type},
+        timeout=10,
+    )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
