@@ -79,24 +79,22 @@ def _alive(pid: int, grace: float) -> bool:
         return True
 
 
+def server_command(root: Path, model: Path, name: str, port: int) -> list[str]:
+    """``deepseek-serve`` on the CPU config, as a user would start it."""
+    return [
+        sys.executable, "-m", "deepseek_serve",
+        "--config", str(ROOT / "configs" / "cpu.yaml"),
+        "--model", str(model),
+        "--served-model-name", name,
+        "--port", str(port),
+        "--cache-dir", str(root / "cache"),
+    ]  # fmt: skip
+
+
 def start_server(root: Path, model: Path, name: str) -> Iterator[LiveServer]:
     port = free_port()
     log_path = root / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepseek_serve",
-        "--config",
-        str(ROOT / "configs" / "cpu.yaml"),
-        "--model",
-        str(model),
-        "--served-model-name",
-        name,
-        "--port",
-        str(port),
-        "--cache-dir",
-        str(root / "cache"),
-    ]
+    cmd = server_command(root, model, name, port)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     live = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, model)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,26 +12,14 @@ import psutil
 import pytest
 
 from deepseek_serve.demo import build_demo_model
-from tests.e2e.conftest import ROOT, free_port
+from tests.e2e.conftest import ROOT, free_port, server_command
 
 pytestmark = pytest.mark.e2e
 
 
 def test_sigterm_during_engine_start_leaves_no_orphans(tmp_path: Path) -> None:
     model = build_demo_model("demo", tmp_path / "model")
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepseek_serve",
-        "--config",
-        str(ROOT / "configs" / "cpu.yaml"),
-        "--model",
-        str(model),
-        "--port",
-        str(free_port()),
-        "--cache-dir",
-        str(tmp_path / "c"),
-    ]
+    cmd = server_command(tmp_path, model, "doomed", free_port())
     with (tmp_path / "server.log").open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
