@@ -207,9 +207,7 @@ class VLLMEngine:
             raise EngineDeadError() from exc
         except VLLMValidationError as exc:
             raise InvalidRequestError(exc.args[0], param=exc.parameter) from exc
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
-        except Exception as exc:
+        except Exception as exc:  # not CancelledError/GeneratorExit: those abort, below
             if llm.errored:
                 raise EngineDeadError() from exc
             raise InternalError(f"engine failure: {exc!r}") from exc

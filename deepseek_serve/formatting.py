@@ -37,6 +37,8 @@ class Formatter:
     include_usage: bool = False
     continuous_usage: bool = False
     choices: list[_Choice] = field(init=False)
+    # Only a full (non-streamed) response needs the text and logprobs kept; a stream sends them.
+    _keep: bool = field(default=False, init=False)
 
     object_name = "text_completion"
     chunk_object_name = "text_completion"
@@ -85,11 +87,16 @@ class Formatter:
         logprobs = None
         if self.want_logprobs and seq.logprobs is not None:
             logprobs = self.logprob_entries(choice, seq.logprobs)
-            choice.logprobs.append(logprobs)
-        choice.text.append(seq.text)
+        self._record(choice, seq.text, logprobs)
         if seq.finish_reason is not None:
             choice.finish_reason = seq.finish_reason
         return index, pre, seq.text, logprobs
+
+    def _record(self, choice: _Choice, text: str, logprobs: Any) -> None:
+        if self._keep:
+            choice.text.append(text)
+            if logprobs is not None:
+                choice.logprobs.append(logprobs)
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         body: dict[str, Any] = {
@@ -119,6 +126,7 @@ class Formatter:
             yield self._chunk([], self.usage())
 
     async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
+        self._keep = True
         async for prompt_index, out in outputs:
             for seq in out.sequences:
                 self._update(prompt_index, out, seq)
@@ -150,8 +158,7 @@ class CompletionFormatter(Formatter):
                 for i, lp in enumerate(out.prompt_logprobs)
             ]
             logprobs = self.logprob_entries(choice, entries)
-            choice.logprobs.append(logprobs)
-        choice.text.append(text)
+        self._record(choice, text, logprobs)
         return [self.chunk_choice(index, text, logprobs, None)]
 
     def chunk_choice(

@@ -152,4 +152,4 @@ def load_settings(
         model_config = SettingsConfigDict(yaml_file=path)
 
     loaded = _FromFile(**dict(overrides or {}))
-    return Settings.model_validate(loaded.model_dump(), context=None)
+    return Settings.model_validate(loaded.model_dump())

@@ -34,6 +34,7 @@ class FakeEngine:
     fail_after: int | None = None  # raise mid-stream after this many outputs
     fail_with: type[Exception] = InternalError
     start_error: Exception | None = None
+    start_delay: float = 0.0
     script: list[int] | None = None  # exact token ids to produce (per sequence)
     limits: ModelLimits = field(default_factory=lambda: ModelLimits(0, 0))
     running: set[str] = field(default_factory=set)
@@ -47,6 +48,7 @@ class FakeEngine:
             self.word_ids.append(token_id)
 
     async def start(self) -> None:
+        await asyncio.sleep(self.start_delay)
         if self.start_error is not None:
             raise self.start_error
         self.limits = ModelLimits(self.max_model_len, self.model_vocab_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from tests.app.conftest import MakeClient
+from tests.app.conftest import MakeClient, wait_ready
 from tests.fakes import FakeEngine
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -195,6 +195,13 @@ def test_health_503_while_starting_and_after_failed_start(make_client: MakeClien
     r = client.get("/health")
     assert r.status_code == 503
     assert_error(client.post("/v1/completions", json={"prompt": "x"}), 503)
+
+    client, _ = make_client(wait=False, start_delay=0.5)
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json() == {"status": "starting"}
+    assert_error(client.post("/v1/completions", json={"prompt": "x"}), 503, code="starting")
+    wait_ready(client)
+    assert client.post("/v1/completions", json={"prompt": "x"}).status_code == 200
 
 
 def test_server_keeps_serving_after_bad_requests(client: TestClient) -> None:
