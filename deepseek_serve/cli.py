@@ -77,17 +77,16 @@ def settings_from_argv(argv: Sequence[str] | None = None) -> Settings:
     except ValidationError as exc:
         lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None
-    except FileNotFoundError as exc:
-        raise SystemExit(str(exc)) from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"invalid settings: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_argv(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from deepseek_serve.observability import configure_logging
     from deepseek_serve.server import StartupError, serve
+
+    configure_logging(settings.log_level, settings.log_format)
 
     try:
         return serve(settings)

@@ -96,7 +96,8 @@ class Engine(Protocol):
     - ``check_health`` raises ``EngineDeadError`` when the engine cannot serve.
     """
 
-    limits: ModelLimits
+    @property
+    def limits(self) -> ModelLimits: ...
 
     async def start(self) -> None: ...
 

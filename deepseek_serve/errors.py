@@ -15,11 +15,19 @@ class APIError(Exception):
     error_type = "internal_server_error"
     default_code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code or self.default_code
+        self.headers = headers or {}
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -51,6 +59,11 @@ class AuthenticationError(APIError):
     error_type = "authentication_error"
 
 
+class PermissionDeniedError(APIError):
+    status_code = 403
+    error_type = "permission_error"
+
+
 class NotFoundError(APIError):
     status_code = 404
     error_type = "not_found_error"
@@ -67,6 +80,27 @@ class MethodNotAllowedError(APIError):
     default_code = "method_not_allowed"
 
 
+class PayloadTooLargeError(APIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class HeadersTooLargeError(APIError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "headers_too_large"
+
+
+class RateLimitError(APIError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": _seconds(retry_after)})
+
+
 class ServiceUnavailableError(APIError):
     status_code = 503
     error_type = "service_unavailable_error"
@@ -76,6 +110,20 @@ class EngineDeadError(ServiceUnavailableError):
     default_code = "engine_dead"
 
     def __init__(self, message: str = "The inference engine has stopped; retry later.") -> None:
+        super().__init__(message)
+
+
+class OverloadedError(ServiceUnavailableError):
+    default_code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": _seconds(retry_after)})
+
+
+class ShuttingDownError(ServiceUnavailableError):
+    default_code = "shutting_down"
+
+    def __init__(self, message: str = "The server is shutting down; retry on another.") -> None:
         super().__init__(message)
 
 
@@ -98,3 +146,8 @@ def as_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, APIError):
         return exc
     return InternalError(f"{type(exc).__name__}: {exc}")
+
+
+def _seconds(value: float) -> str:
+    """A Retry-After value: whole seconds, at least 1."""
+    return str(max(1, int(-(-value // 1))))

@@ -32,6 +32,7 @@ class PromptBuilder:
     tokenizer: PromptTokenizer
     limits: ModelLimits
     default_completion_max_tokens: int
+    max_tokens_limit: int | None = None  # the operator's cap (settings.max_tokens_limit)
 
     @property
     def vocab_limit(self) -> int:
@@ -91,8 +92,16 @@ class PromptBuilder:
                 f"The prompt is {prompt_len} tokens; this model's context window is {window}.",
                 param="messages" if default is None else "prompt",
             )
+        cap = self.max_tokens_limit
         if requested is None:
-            return room if default is None else min(default, room)
+            chosen = room if default is None else min(default, room)
+            return chosen if cap is None else min(chosen, cap)
+        if cap is not None and requested > cap:
+            raise InvalidRequestError(
+                f"max_tokens is {requested}; this server allows at most {cap}.",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
         if requested > room:
             raise ContextWindowExceededError(
                 f"This model's context window is {window} tokens; the prompt is {prompt_len} "

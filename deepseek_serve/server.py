@@ -12,6 +12,7 @@ import uvicorn
 from deepseek_serve.app import create_app
 from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, demo_dir, is_demo_dir
 from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
+from deepseek_serve.lifecycle import DrainingServer
 from deepseek_serve.settings import Settings
 from deepseek_serve.tokenizer import (
     TokenizerFidelityError,
@@ -100,7 +101,7 @@ def serve(settings: Settings) -> int:
 
     engine = VLLMEngine(settings, model.engine_model, str(setup.tokenizer_dir))
     exit_code = 0
-    server: uvicorn.Server | None = None
+    server: DrainingServer | None = None
 
     def fatal(exc: BaseException) -> None:
         nonlocal exit_code
@@ -120,8 +121,10 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
+        log_config=None,  # the root logging set up by the CLI (text or JSON)
+        access_log=False,  # our RequestContext logs each request, with its id
+        timeout_graceful_shutdown=5,  # the drain (lifecycle.drain) has already run by then
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.deepseek)
     server.run()
     return exit_code or (0 if server.started else 1)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -33,6 +35,18 @@ MODEL_ALIASES: dict[str, str] = {
     "deepseek-coder-v2-lite-instruct": "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct",
 }
 MODEL_ALIASES.update({k.removeprefix("deepseek-coder-"): v for k, v in list(MODEL_ALIASES.items())})
+
+
+# MODEL_SIZE of the original deployment guide picks one of its instruct checkpoints.
+MODEL_SIZES: dict[str, str] = {
+    "1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
+    "6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct",
+    "33b": "deepseek-ai/deepseek-coder-33b-instruct",
+}
+
+# Comma-separated in env and flags, a list in YAML.
+CommaList = Annotated[list[str], NoDecode]
+SecretList = Annotated[list[SecretStr], NoDecode]
 
 
 def resolve_alias(model: str) -> str:
@@ -116,10 +130,108 @@ class Settings(BaseSettings):
         description="max_tokens of /v1/completions when not given (OpenAI: 16).",
     )
 
+    # --- access ---
+    api_keys: SecretList = Field(
+        default_factory=list,
+        description="API keys clients must send as 'Authorization: Bearer KEY' (comma-separated "
+        "in env and flags). No keys and no key file: the API is open.",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="File of API keys, one per line: 'KEY [name=N] [requests=R] [tokens=T]' "
+        "where R and T are rate limits such as 1000/hour (they override the defaults below).",
+    )
+    public_paths: CommaList = Field(
+        default_factory=lambda: ["/health"],
+        description="Exact paths served without an API key.",
+    )
+    public_metrics: bool = Field(
+        False, description="Serve /metrics without an API key (e.g. for a Prometheus scrape)."
+    )
+    request_rate_limit: str | None = Field(
+        "100/hour",
+        description="Requests per key per window when API keys are set ('N/second|minute|hour|"
+        "day'); none: unlimited.",
+    )
+    token_rate_limit: str | None = Field(
+        None,
+        description="Prompt plus generated tokens per key per window, e.g. '200000/minute'; "
+        "none: unlimited.",
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list, description="Origins allowed by CORS; none: CORS is off."
+    )
+
+    # --- request limits and backpressure ---
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=1 << 30, description="Largest request body (413 above)."
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1 << 20, description="Largest total size of request headers."
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="Most request headers.")
+    max_n: int = Field(16, ge=1, le=128, description="Largest 'n' (choices per prompt).")
+    max_tokens_limit: int | None = Field(
+        None, ge=1, le=1_048_576, description="Largest max_tokens; default: the context window."
+    )
+    max_stop_sequences: int = Field(16, ge=0, le=1024, description="Most 'stop' strings.")
+    max_logprobs: int = Field(20, ge=0, le=20, description="Largest logprobs / top_logprobs.")
+    max_messages: int = Field(1024, ge=1, le=100_000, description="Most chat messages.")
+    max_prompts: int = Field(64, ge=1, le=4096, description="Most prompts in one completion.")
+    max_requests_in_flight: int = Field(
+        512,
+        ge=1,
+        le=1_000_000,
+        description="Generation requests admitted at once (running or waiting in the engine); "
+        "beyond it 503 with Retry-After.",
+    )
+    retry_after_seconds: int = Field(
+        1, ge=1, le=3600, description="Retry-After sent with 503 when overloaded."
+    )
+
+    # --- lifecycle and logs ---
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0.0,
+        le=3600.0,
+        description="On SIGTERM: seconds in-flight requests may take to finish before they are "
+        "aborted (new requests get 503 meanwhile).",
+    )
+    engine_death_exit_delay: float = Field(
+        2.0,
+        ge=0.0,
+        le=600.0,
+        description="After the engine dies: seconds to keep answering 503 before the process "
+        "exits non-zero (so a supervisor restarts it).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON object per log line, with the request id."
+    )
+
     @field_validator("model")
     @classmethod
     def _alias(cls, value: str) -> str:
         return resolve_alias(value)
+
+    @field_validator("api_keys", "public_paths", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("request_rate_limit", "token_rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "none", "off"):
+            return None
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '100/hour': {value!r}") from exc
+        return value
 
     @property
     def model_name(self) -> str:
@@ -134,7 +246,32 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+        return (
+            init_settings,
+            env_settings,
+            GuideEnvSource(settings_cls),
+            YamlConfigSettingsSource(settings_cls),
+        )
+
+
+class GuideEnvSource(PydanticBaseSettingsSource):
+    """The environment names of the original DeepSeek-Coder deployment guide (``PORT``,
+    ``LOG_LEVEL``, ``MODEL_SIZE``), below our own ``DEEPSEEK_SERVE_*`` names in precedence."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if port := os.environ.get("PORT"):
+            out["port"] = port
+        if level := os.environ.get("LOG_LEVEL"):
+            out["log_level"] = level.lower()
+        if size := os.environ.get("MODEL_SIZE"):
+            if size.lower() not in MODEL_SIZES:
+                raise ValueError(f"MODEL_SIZE must be one of {sorted(MODEL_SIZES)}, got {size!r}")
+            out["model"] = MODEL_SIZES[size.lower()]
+        return out
 
 
 def load_settings(

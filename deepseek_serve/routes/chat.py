@@ -19,6 +19,7 @@ async def create_chat_completion(request: Request) -> Response:
     state = server_state(request)
     req = await parse_body(request, ChatCompletionRequest)
     state.check_model(req.model)
+    state.check_caps(req)
     builder = state.ready_prompts()
 
     prompt = builder.chat_prompt(req)

@@ -19,6 +19,7 @@ async def create_completion(request: Request) -> Response:
     state = server_state(request)
     req = await parse_body(request, CompletionRequest)
     state.check_model(req.model)
+    state.check_caps(req)
     builder = state.ready_prompts()
 
     prompts = builder.completion_prompts(req)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from deepseek_serve import __version__
@@ -14,8 +14,11 @@ from deepseek_serve.state import server_state
 
 
 async def health(request: Request) -> JSONResponse:
-    """200 only while the engine is up and serving; 503 while starting or after it died."""
+    """200 only while the engine is up and serving; 503 while starting, draining, or after the
+    engine died."""
     state = server_state(request)
+    if state.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     if state.failed is not None:
         return JSONResponse({"status": "failed"}, status_code=503)
     if state.prompts is None:
@@ -27,6 +30,12 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(
         {"status": "ok", "requests_in_engine": state.engine.num_unfinished_requests()}
     )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition: the server's metrics, then vLLM's."""
+    body = server_state(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def version(request: Request) -> JSONResponse:
@@ -57,6 +66,7 @@ def _vllm_version() -> str | None:
 
 routes = [
     Route("/health", health, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/version", version, methods=["GET"]),
     Route("/v1/models", models, methods=["GET"]),
 ]

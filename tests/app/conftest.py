@@ -22,17 +22,32 @@ def wait_ready(client: TestClient) -> None:
         time.sleep(0.01)
 
 
+def settings_for(**values: Any) -> Settings:
+    """Settings from ``values`` and defaults only, whatever the environment holds."""
+    return Settings(model="demo", _env_prefix="DEEPSEEK_SERVE_TEST_UNUSED_", **values)
+
+
 @pytest.fixture
 def make_client(v1_setup: TokenizerSetup) -> Iterator[MakeClient]:
     clients: list[TestClient] = []
 
     def make(
-        setup: TokenizerSetup | None = None, wait: bool = True, **engine_kwargs: Any
+        setup: TokenizerSetup | None = None,
+        wait: bool = True,
+        settings: dict[str, Any] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        **engine_kwargs: Any,
     ) -> tuple[TestClient, FakeEngine]:
         setup = setup or v1_setup
         engine = FakeEngine(setup.prompt_tokenizer, **engine_kwargs)
-        settings = Settings(model="demo", _env_prefix="DEEPSEEK_SERVE_TEST_UNUSED_")
-        client = TestClient(create_app(settings, engine, setup.prompt_tokenizer))
+        client = TestClient(
+            create_app(
+                settings_for(**(settings or {})),
+                engine,
+                setup.prompt_tokenizer,
+                on_fatal=on_fatal,
+            )
+        )
         client.__enter__()
         clients.append(client)
         if wait:

@@ -1,0 +1,120 @@
+"""The engine as the server uses it: the real one, plus bookkeeping on every request.
+
+``TrackedEngine`` wraps any ``Engine``. It knows which engine requests are running, times them
+(time to first token, inter-token latency), counts their tokens into the metrics and into the
+HTTP request that owns them (for token quotas), records why unfinished ones ended, and can end
+them all at shutdown: each then raises ``ShuttingDownError`` to its stream, which becomes an
+error frame and ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from deepseek_serve.engine import Engine, EngineOutput, ModelLimits, SamplingOptions
+from deepseek_serve.errors import APIError, InvalidRequestError, ShuttingDownError
+from deepseek_serve.observability import Metrics, current_request
+
+
+@dataclass(slots=True)
+class TrackedEngine:
+    inner: Engine
+    metrics: Metrics
+    # request id -> why it is being ended early, when somebody ended it on purpose
+    _ending: dict[str, str] = field(default_factory=dict)
+    _running: set[str] = field(default_factory=set)
+
+    @property
+    def limits(self) -> ModelLimits:
+        return self.inner.limits
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
+    ) -> AsyncIterator[EngineOutput]:
+        info = current_request()
+        route = info.route if info is not None else "unmatched"
+        m = self.metrics
+        m.prompt_tokens.labels(route).inc(len(prompt_token_ids))
+        if info is not None:
+            info.prompt_tokens += len(prompt_token_ids)
+        start = last = time.perf_counter()
+        generated = 0
+        finished = False
+        reason = "client_disconnect"
+        self._running.add(request_id)
+        m.waiting.inc()
+        waiting = True
+        try:
+            async for out in self.inner.generate(request_id, prompt_token_ids, options):
+                if request_id in self._ending:
+                    raise _ended(self._ending[request_id])
+                now = time.perf_counter()
+                tokens = sum(len(seq.token_ids) for seq in out.sequences)
+                if tokens:
+                    if waiting:
+                        waiting = False
+                        m.waiting.dec()
+                        m.ttft.labels(route).observe(now - start)
+                    else:
+                        m.itl.labels(route).observe(now - last)
+                    last = now
+                    generated += tokens
+                finished = out.finished
+                yield out
+            if not finished and request_id in self._ending:
+                raise _ended(self._ending[request_id])
+        except InvalidRequestError:
+            reason = "invalid"
+            raise
+        except APIError as exc:
+            reason = "shutdown" if isinstance(exc, ShuttingDownError) else "engine_error"
+            raise
+        finally:
+            if waiting:
+                m.waiting.dec()
+            self._running.discard(request_id)
+            why = self._ending.pop(request_id, None)
+            if not finished:
+                m.aborted.labels(why or reason).inc()
+            m.generation_tokens.labels(route).inc(generated)
+            if info is not None:
+                info.generated_tokens += generated
+
+    async def end(self, request_id: str, reason: str) -> None:
+        """End a running request on purpose (``reason``: superseded, shutdown, timeout ...)."""
+        if request_id in self._running:
+            self._ending[request_id] = reason
+            await self.inner.abort(request_id)
+
+    async def end_all(self, reason: str) -> int:
+        ids = list(self._running)
+        await asyncio.gather(*(self.end(rid, reason) for rid in ids))
+        return len(ids)
+
+    async def abort(self, request_id: str) -> None:
+        await self.inner.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self.inner.check_health()
+
+    def num_unfinished_requests(self) -> int:
+        return self.inner.num_unfinished_requests()
+
+    async def shutdown(self) -> None:
+        await self.inner.shutdown()
+
+
+def _ended(reason: str) -> APIError:
+    if reason == "shutdown":
+        return ShuttingDownError("The server shut down before this request finished.")
+    return ShuttingDownError(f"The request was ended early ({reason}).")

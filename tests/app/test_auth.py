@@ -1,0 +1,253 @@
+"""API keys: who gets in, on which routes, and the tricks that must not get anyone in."""
+
+from __future__ import annotations
+
+import hmac
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from deepseek_serve.app import create_app
+from deepseek_serve.auth import KeyFileError, KeyRing, bearer_token
+from deepseek_serve.tokenizer import TokenizerSetup
+from tests.app.conftest import MakeClient, settings_for
+from tests.fakes import FakeEngine
+
+KEYS = "sk-first,sk-second"
+BODY = {"prompt": "def f(", "max_tokens": 2}
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def secured(make_client: MakeClient) -> TestClient:
+    return make_client(settings={"api_keys": KEYS})[0]
+
+
+def test_open_without_keys(client: TestClient) -> None:
+    assert client.post("/v1/completions", json=BODY).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        auth("sk-wrong"),
+        auth("sk-first-but-longer"),
+        auth("sk-firs"),
+        auth(""),
+        {"Authorization": "sk-first"},  # no scheme
+        {"Authorization": "Basic c2stZmlyc3Q6"},  # another scheme
+        {"Authorization": "Token sk-first"},
+        {"X-Api-Key": "sk-first"},
+        {"Authorization": "Bearer sk-first, Bearer sk-first"},
+    ],
+)
+def test_rejected_keys(secured: TestClient, headers: dict[str, str]) -> None:
+    r = secured.post("/v1/completions", json=BODY, headers=headers)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    error = r.json()["error"]
+    assert error["type"] == "authentication_error"
+    assert error["code"] == "invalid_api_key"
+    assert "sk-" not in error["message"]
+
+
+@pytest.mark.parametrize("key", ["sk-first", "sk-second"])
+def test_each_key_is_accepted(secured: TestClient, key: str) -> None:
+    r = secured.post("/v1/completions", json=BODY, headers=auth(key))
+    assert r.status_code == 200, r.text
+    assert secured.get("/v1/models", headers={"authorization": f"bearer   {key}  "}).is_success
+
+
+def test_every_route_but_the_allowlist_needs_a_key(secured: TestClient) -> None:
+    """Walks the app's own route table, so a route added later is covered too."""
+    routes = [r for r in secured.app.routes if isinstance(r, Route)]  # type: ignore[attr-defined]
+    assert {r.path for r in routes} >= {"/v1/completions", "/v1/chat/completions", "/metrics"}
+    for route in routes:
+        for method in sorted(route.methods or {"GET"}):
+            r = secured.request(method, route.path, json=BODY)
+            if route.path == "/health":
+                assert r.status_code == 200, (method, route.path)
+            else:
+                assert r.status_code == 401, (method, route.path, r.status_code)
+
+
+def test_metrics_can_be_made_public(make_client: MakeClient) -> None:
+    client = make_client(settings={"api_keys": KEYS, "public_metrics": True})[0]
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/v1/models").status_code == 401
+
+
+def test_key_file_with_names_and_limits(tmp_path: Path, make_client: MakeClient) -> None:
+    path = tmp_path / "keys"
+    path.write_text("# team keys\nsk-alice name=alice requests=2/minute\n\nsk-bob  # no limits\n")
+    client = make_client(settings={"api_key_file": path, "request_rate_limit": None})[0]
+    for _ in range(2):
+        assert client.get("/v1/models", headers=auth("sk-alice")).status_code == 200
+    assert client.get("/v1/models", headers=auth("sk-alice")).status_code == 429
+    for _ in range(5):
+        assert client.get("/v1/models", headers=auth("sk-bob")).status_code == 200
+    assert client.get("/v1/models", headers=auth("sk-carol")).status_code == 401
+
+
+def test_bad_key_file_lines_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text("sk-a requests=lots\n")
+    with pytest.raises(KeyFileError, match="keys:1"):
+        KeyRing.from_settings(settings_for(api_key_file=path))
+    path.write_text("sk-a owner=me\n")
+    with pytest.raises(KeyFileError):
+        KeyRing.from_settings(settings_for(api_key_file=path))
+
+
+def test_key_check_compares_with_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check takes the same steps whichever key matches, or none: one constant-time
+    comparison per stored key, no early exit."""
+    ring = KeyRing.from_settings(settings_for(api_keys="k1,k2,k3,k4"))
+    calls: list[int] = []
+    real = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append(1)
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    for presented in ("k1", "k4", "nope", ""):
+        calls.clear()
+        ring.match(presented)
+        assert len(calls) == 4, presented
+    assert ring.match("k3") is not None and ring.match("k33") is None
+
+
+def test_bearer_parsing() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer   abc ") == "abc"
+    assert bearer_token("Bearer") is None
+    assert bearer_token("Basic abc") is None
+    assert bearer_token(None) is None
+
+
+# --- over a real uvicorn socket: what the router sees is what the gate sees --------------------
+
+
+@pytest.fixture
+def live(v1_setup: TokenizerSetup) -> Iterator[str]:
+    """A real uvicorn server (fake engine) with keys and CORS for one origin."""
+    settings = settings_for(api_keys=KEYS, cors_origins="https://ide.example")
+    engine = FakeEngine(v1_setup.prompt_tokenizer)
+    app = create_app(settings, engine, v1_setup.prompt_tokenizer)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if httpx.get(base + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    yield base
+    server.should_exit = True
+    thread.join(10)
+
+
+def raw_request(base: str, request: bytes) -> tuple[int, bytes]:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data
+
+
+TRICKS = [
+    b"GET //v1/models HTTP/1.1\r\nHost: x\r\n",
+    b"GET /v1/models/ HTTP/1.1\r\nHost: x\r\n",
+    b"GET /v1%2Fmodels HTTP/1.1\r\nHost: x\r\n",
+    b"GET /v1/%6Dodels HTTP/1.1\r\nHost: x\r\n",
+    b"GET /health/../v1/models HTTP/1.1\r\nHost: x\r\n",
+    b"GET /health/%2E%2E/v1/models HTTP/1.1\r\nHost: x\r\n",
+    b"GET /./v1/models HTTP/1.1\r\nHost: x\r\n",
+    b"GET /v1/models?/health HTTP/1.1\r\nHost: x\r\n",
+    b"GET /v1/models#/health HTTP/1.1\r\nHost: x\r\n",
+    b"GET http://evil/health/../v1/models HTTP/1.1\r\nHost: x\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1/health\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.0.1\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Original-URL: /health\r\n",
+    b"POST //v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+    b"OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\n",
+    b"OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: https://ide.example\r\n",
+    b"OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\nAccess-Control-Request-Method: GET\r\n",
+    b"HEAD /v1/models HTTP/1.1\r\nHost: x\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+    b"GET /metrics/ HTTP/1.1\r\nHost: x\r\n",
+]
+
+
+@pytest.mark.parametrize("head", TRICKS, ids=lambda h: h.split(b"\r\n")[0].decode())
+def test_bypass_tricks_get_401(live: str, head: bytes) -> None:
+    status, data = raw_request(live, head + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    assert status == 401, data[:300]
+    assert head.startswith(b"HEAD") or b"invalid_api_key" in data
+    assert b'"data"' not in data
+
+
+def test_real_cors_preflight_is_answered_without_data(live: str) -> None:
+    status, data = raw_request(
+        live,
+        b"OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: https://ide.example\r\n"
+        b"Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 200
+    assert b"access-control-allow-origin: https://ide.example" in data.lower()
+    assert b'"data"' not in data
+    # and a preflight from another origin is refused by CORS, also without data
+    status, data = raw_request(
+        live,
+        b"OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n"
+        b"Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 400 and b'"data"' not in data
+
+
+def test_cors_headers_on_real_requests(live: str) -> None:
+    r = httpx.get(
+        live + "/v1/models", headers={**auth("sk-first"), "Origin": "https://ide.example"}
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "https://ide.example"
+    r = httpx.get(live + "/v1/models", headers={"Origin": "https://ide.example"})
+    assert r.status_code == 401
+
+
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    r = client.options(
+        "/v1/models",
+        headers={"Origin": "https://ide.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert "access-control-allow-origin" not in r.headers
+    assert r.status_code == 405
+
+
+def test_health_stays_public_over_the_wire(live: str) -> None:
+    assert httpx.get(live + "/health").status_code == 200
