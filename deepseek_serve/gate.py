@@ -50,8 +50,9 @@ class Gate:
             )
             return await self._reject(error, "too_large", scope, receive, send)
 
-        public = scope["path"] in self.public
-        if state.draining and not public:
+        path = scope["path"]
+        public = path in self.public
+        if state.draining and not public and path != "/metrics":
             return await self._reject(ShuttingDownError(), "shutting_down", scope, receive, send)
 
         key = None

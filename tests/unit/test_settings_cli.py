@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from deepseek_serve.cli import main, parse_engine_args, settings_from_argv
 from deepseek_serve.demo import is_demo_dir
@@ -21,7 +22,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith("DEEPSEEK_SERVE_"):
+        if key.startswith("DEEPSEEK_SERVE_") or key in ("PORT", "LOG_LEVEL", "MODEL_SIZE"):
             monkeypatch.delenv(key)
 
 
@@ -157,3 +158,40 @@ def test_not_a_deepseek_model_refuses_to_start(tmp_path: Path) -> None:
         check_tokenizer(
             Settings(model=str(model), cache_dir=tmp_path), ResolvedModel(str(model), model, False)
         )
+
+
+def test_deployment_guide_env_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "7000")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("MODEL_SIZE", "33B")
+    s = load_settings()
+    assert (s.port, s.log_level) == (7000, "warning")
+    assert s.model == "deepseek-ai/deepseek-coder-33b-instruct"
+    # our own names win over the guide's, and flags over both
+    monkeypatch.setenv("DEEPSEEK_SERVE_PORT", "7001")
+    assert load_settings().port == 7001
+    assert load_settings({"port": 7002}).port == 7002
+    config = tmp_path / "c.yaml"
+    config.write_text("port: 7003\nmodel: demo\n")
+    monkeypatch.delenv("DEEPSEEK_SERVE_PORT")
+    assert load_settings(None, config).port == 7000  # env (guide names too) over the file
+    monkeypatch.setenv("MODEL_SIZE", "7b")
+    with pytest.raises(ValueError, match="MODEL_SIZE"):
+        load_settings()
+
+
+def test_list_settings_from_env_flags_and_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEEPSEEK_SERVE_API_KEYS", "sk-a, sk-b,")
+    s = load_settings({"cors_origins": "https://a.example,https://b.example"})
+    assert [k.get_secret_value() for k in s.api_keys] == ["sk-a", "sk-b"]
+    assert "sk-a" not in repr(s)
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    config = tmp_path / "c.yaml"
+    config.write_text("public_paths: [/health, /version]\nrequest_rate_limit: none\n")
+    s = load_settings(None, config)
+    assert s.public_paths == ["/health", "/version"]
+    assert s.request_rate_limit is None
+    with pytest.raises(ValidationError, match="rate limit"):
+        load_settings({"token_rate_limit": "lots"})
