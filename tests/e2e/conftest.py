@@ -35,6 +35,7 @@ class LiveServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     model_dir: Path
+    expect_failure: bool = False  # a test killed its engine: the server must exit non-zero
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -79,7 +80,9 @@ def _alive(pid: int, grace: float) -> bool:
         return True
 
 
-def server_command(root: Path, model: Path, name: str, port: int) -> list[str]:
+def server_command(
+    root: Path, model: Path, name: str, port: int, extra: tuple[str, ...] = ()
+) -> list[str]:
     """``deepseek-serve`` on the CPU config, as a user would start it."""
     return [
         sys.executable, "-m", "deepseek_serve",
@@ -88,13 +91,16 @@ def server_command(root: Path, model: Path, name: str, port: int) -> list[str]:
         "--served-model-name", name,
         "--port", str(port),
         "--cache-dir", str(root / "cache"),
+        *extra,
     ]  # fmt: skip
 
 
-def start_server(root: Path, model: Path, name: str) -> Iterator[LiveServer]:
+def start_server(
+    root: Path, model: Path, name: str, extra: tuple[str, ...] = ()
+) -> Iterator[LiveServer]:
     port = free_port()
     log_path = root / "server.log"
-    cmd = server_command(root, model, name, port)
+    cmd = server_command(root, model, name, port, extra)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     live = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, model)
@@ -114,7 +120,8 @@ def start_server(root: Path, model: Path, name: str) -> Iterator[LiveServer]:
         yield live
     finally:
         children = _children(proc.pid)
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -123,8 +130,10 @@ def start_server(root: Path, model: Path, name: str) -> Iterator[LiveServer]:
         leftover = [pid for pid in children if _alive(pid, grace=10.0)]
         for pid in leftover:
             os.kill(pid, signal.SIGKILL)
-    # uvicorn re-raises the SIGTERM it handled once shutdown is complete
-    assert proc.returncode in (0, -signal.SIGTERM), f"server exited with {proc.returncode}"
+    if live.expect_failure:
+        assert proc.returncode not in (0, -signal.SIGTERM), "a dead engine must fail the process"
+    else:
+        assert proc.returncode == 0, f"server exited with {proc.returncode} after SIGTERM"
     assert not leftover, f"engine processes left behind after SIGTERM: {leftover}"
 
 
@@ -143,7 +152,7 @@ def server_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     test_v2.py kills its engine in its last test: no other module may use it."""
     root = tmp_path_factory.mktemp("e2e-v2")
     model = build_demo_model("demo-v2", root / "tiny-coder-v2-lite-instruct")
-    yield from start_server(root, model, "tiny-coder-v2")
+    yield from start_server(root, model, "tiny-coder-v2", extra=("--engine-death-exit-delay", "5"))
 
 
 @pytest.fixture(scope="session")

@@ -99,3 +99,8 @@ def test_zz_engine_death_mid_stream(server_v2: LiveServer) -> None:
         time.sleep(0.1)
     r = httpx.post(f"{doomed.base_url}/v1/completions", json={"model": MODEL, "prompt": "x"})
     assert r.status_code == 503 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    # then the process exits non-zero by itself, so a supervisor restarts it
+    doomed.expect_failure = True
+    code = doomed.process.wait(timeout=30)
+    assert code not in (0, -signal.SIGTERM), code
+    assert "the inference engine died" in doomed.log()
