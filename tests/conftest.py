@@ -34,3 +34,19 @@ def v1_setup(tmp_path_factory: pytest.TempPathFactory) -> TokenizerSetup:
 def v2_setup(tmp_path_factory: pytest.TempPathFactory) -> TokenizerSetup:
     root = tmp_path_factory.mktemp("v2")
     return prepare_tokenizer(model_dir_with(root / "model", "demo-v2"), work_dir=root / "work")
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def figures() -> list[str]:
+    """Lines a test measured (load rounds, memory ...), printed in the run's summary."""
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("measured")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -153,7 +153,7 @@ def server_rss_mib(server: LiveServer) -> float:
     return psutil.Process(server.process.pid).memory_info().rss / 2**20
 
 
-def test_fault_and_load(secured: LiveServer) -> None:
+def test_fault_and_load(secured: LiveServer, figures: list[str]) -> None:
     """Rounds of streaming requests at concurrency 48: 15% of clients leave mid-stream, 15% send
     malformed bodies. Every valid request completes, the engine ends up holding nothing, and
     the server's memory stops growing once warm."""
@@ -165,8 +165,8 @@ def test_fault_and_load(secured: LiveServer) -> None:
         took = time.monotonic() - start
         idle_after = secured.wait_engine_idle(timeout=10)
         rss.append(server_rss_mib(secured))
-        print(
-            f"round {round_no}: {dict(outcomes)} in {took:.1f}s; engine idle after "
+        figures.append(
+            f"fault+load round {round_no}: {dict(outcomes)} in {took:.1f}s; engine idle after "
             f"{idle_after:.2f}s; server RSS {rss[-1]:.1f} MiB"
         )
         bad = {
@@ -179,7 +179,7 @@ def test_fault_and_load(secured: LiveServer) -> None:
     # the first round warms caches and pools; after it, memory must stay flat
     growth = rss[-1] - rss[1]
     rounded = [round(x, 1) for x in rss]
-    print(f"server RSS by round (MiB): {rounded}; growth after warm-up {growth:.1f}")
+    figures.append(f"server RSS by round (MiB): {rounded}; growth after warm-up {growth:.1f}")
     assert growth < 40, f"server memory grew {growth:.1f} MiB across warm rounds: {rss}"
     text = httpx.get(f"{secured.base_url}/metrics", headers=auth()).text
     assert 'deepseek_serve_requests_aborted_total{reason="client_disconnect"}' in text
