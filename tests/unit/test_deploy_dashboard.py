@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import promql_parser as promql
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,58 +76,101 @@ def dashboard_exprs() -> list[str]:
     return [t["expr"] for p in dashboard_panels() for t in p["targets"]]
 
 
-_METRIC_NAME = re.compile(r"\b(deepseek_serve_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
+# Grafana's interval variables, as Prometheus would see them after Grafana substitutes them.
+GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 
 
-def check_metric_names(exprs: list[str], known: dict[str, str]) -> None:
+@dataclass
+class Query:
+    """What a PromQL expression reads, from Prometheus's own grammar (promql-parser)."""
+
+    selectors: set[str] = field(default_factory=set)
+    rated: set[str] = field(default_factory=set)  # series under rate() / increase()
+    quantiles: list[tuple[float, set[str], list[str]]] = field(default_factory=list)
+
+
+def analyse(expr: str) -> Query:
+    for macro, value in GRAFANA_MACROS.items():
+        expr = expr.replace(macro, value)
+    query = Query()
+
+    def selectors_below(node: promql.Expr) -> set[str]:
+        found: set[str] = set()
+
+        def visit(inner: promql.Expr) -> None:
+            if isinstance(inner, promql.VectorSelector) and inner.name:
+                found.add(inner.name)
+
+        promql.walk(node, visit)
+        return found
+
+    def by_labels_below(node: promql.Expr) -> list[str]:
+        labels: list[str] = []
+
+        def visit(inner: promql.Expr) -> None:
+            if isinstance(inner, promql.AggregateExpr):
+                modifier = inner.modifier
+                by = modifier is not None and modifier.type == promql.AggModifierType.By
+                labels.append(",".join(modifier.labels) if by else "")
+
+        promql.walk(node, visit)
+        return labels
+
+    def visit(node: promql.Expr) -> None:
+        if isinstance(node, promql.VectorSelector) and node.name:
+            query.selectors.add(node.name)
+        if isinstance(node, promql.Call) and node.func.name in {"rate", "increase"}:
+            query.rated |= selectors_below(node)
+        if isinstance(node, promql.Call) and node.func.name == "histogram_quantile":
+            phi, inner = node.args
+            assert isinstance(phi, promql.NumberLiteral), expr
+            query.quantiles.append((phi.val, selectors_below(inner), by_labels_below(inner)))
+
+    promql.walk(promql.parse(expr), visit)
+    return query
+
+
+def check_queries(exprs: list[str], known: dict[str, str]) -> None:
     for expr in exprs:
-        for name in _METRIC_NAME.findall(expr):
+        query = analyse(expr)
+        for name in query.selectors:
             assert name in known, f"{name} is not exposed (in {expr})"
-        for name in re.findall(r"\b(?:rate|increase)\((\S+?)[\[{]", expr):
-            assert known.get(name) in {"counter", "histogram"}, f"rate() of a gauge: {expr}"
+        for name in query.rated:
+            assert known[name] in {"counter", "histogram"}, f"rate() of a gauge: {expr}"
+        for _, names, by in query.quantiles:
+            assert names and all(n.endswith("_bucket") for n in names), f"not buckets: {expr}"
+            assert by and all("le" in b.split(",") for b in by), f"le not kept: {expr}"
 
 
-def test_dashboard_uses_only_metrics_that_exist() -> None:
+def test_dashboard_queries_parse_and_use_only_exposed_metrics() -> None:
     known = exposed_names(SERVER_METRICS) | exposed_names(vllm_metric_types())
-    check_metric_names(dashboard_exprs(), known)
-    with pytest.raises(AssertionError, match="not exposed"):
-        check_metric_names(["sum(rate(deepseek_serve_request_total[5m]))"], known)
-    with pytest.raises(AssertionError, match="not exposed"):
-        check_metric_names(["sum(rate(vllm:prefix_cache_hits[5m]))"], known)  # no _total
-    with pytest.raises(AssertionError, match="gauge"):
-        check_metric_names(["rate(vllm:num_requests_running[5m])"], known)
+    check_queries(dashboard_exprs(), known)
+    # Each kind of mistake is caught.
+    mistakes = {
+        "sum(rate(deepseek_serve_request_total[5m]))": "not exposed",
+        "sum(rate(vllm:prefix_cache_hits[5m]))": "not exposed",  # counters end in _total
+        "rate(vllm:num_requests_running[5m])": "gauge",
+        "histogram_quantile(0.9, sum(rate(vllm:time_to_first_token_seconds_bucket[5m])))": "le",
+        "histogram_quantile(0.9, rate(vllm:time_to_first_token_seconds_sum[5m]))": "buckets",
+        "sum(rate(deepseek_serve_requests_total[$__rate_interval])": "parenthesis",
+        "rate(deepseek_serve_requests_total)": "matrix",
+    }
+    for expr, error in mistakes.items():
+        with pytest.raises((AssertionError, ValueError), match=error):
+            check_queries([expr], known)
 
 
 def test_dashboard_shows_every_server_metric_and_the_engine_ones() -> None:
-    used = {
-        re.sub(r"_(bucket|sum|count)$", "", name)
-        for expr in dashboard_exprs()
-        for name in _METRIC_NAME.findall(expr)
-    }
-    used |= {name.removesuffix("_total") for name in used if name.startswith("vllm:")}
-    assert set(SERVER_METRICS) <= used
+    queries = [analyse(expr) for expr in dashboard_exprs()]
+    used = {re.sub(r"_(bucket|sum|count|total)$", "", n) for q in queries for n in q.selectors}
+    assert {name.removesuffix("_total") for name in SERVER_METRICS} <= used
     assert used >= REQUIRED_VLLM_METRICS
-    # p50, p90 and p99 of each latency histogram.
+    # p50, p90 and p99 of each of the server's latency histograms.
     for histogram in (n for n, kind in SERVER_METRICS.items() if kind == "histogram"):
-        quantiles = {
-            float(q)
-            for expr in dashboard_exprs()
-            for q in re.findall(rf"histogram_quantile\(([0-9.]+), .*\b{histogram}_bucket", expr)
+        shown = {
+            phi for q in queries for phi, names, _ in q.quantiles if f"{histogram}_bucket" in names
         }
-        assert {0.5, 0.9, 0.99} <= quantiles, histogram
-
-
-def test_dashboard_queries_are_well_formed() -> None:
-    for expr in dashboard_exprs():
-        depth = 0
-        for char in expr:
-            depth += {"(": 1, ")": -1}.get(char, 0)
-            assert depth >= 0, expr
-        assert depth == 0, expr
-        if "histogram_quantile" in expr:
-            assert "_bucket[" in expr, expr
-            by = re.findall(r"by \(([^)]*)\)", expr)
-            assert by and all("le" in [s.strip() for s in b.split(",")] for b in by), expr
+        assert {0.5, 0.9, 0.99} <= shown, histogram
 
 
 def test_dashboard_panels_use_the_datasource_variable() -> None:
