@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+import deepseek_serve.settings as settings_module
 from deepseek_serve.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,17 +33,17 @@ KUBERNETES_VERSION = "1.30.0"  # oldest Kubernetes the manifests promise to work
 SERVER_SERVICE = "deepseek-serve"  # compose service name of the server
 ENV_PREFIX = "DEEPSEEK_SERVE_"
 API_KEYS_ENV = "DEEPSEEK_SERVE_API_KEYS"
-METRICS_KEY_ENV = "METRICS_API_KEY"
+KEY_FILE_ENV = "DEEPSEEK_SERVE_API_KEY_FILE"
+METRICS_KEY_ENV = "METRICS_API_KEY"  # Prometheus's key, in compose's shell and the Secret
+METRICS_KEY_FILE = "metrics-key.txt"  # the same key as an API key file line
 
 # Environment names the deployment files give the server besides DEEPSEEK_SERVE_<field>: the
-# original DeepSeek-Coder deployment guide's, and the two the API keys are put together from.
+# original DeepSeek-Coder deployment guide's.
 GUIDE_ENV = {"PORT", "LOG_LEVEL", "MODEL_SIZE", "CUDA_VISIBLE_DEVICES"}
-KEY_PARTS_ENV = {"CLIENT_API_KEYS", METRICS_KEY_ENV}
-# DEEPSEEK_SERVE_<field> names the deployment files use for settings that issue 6 adds. Once a
-# field exists, test_pending_settings_are_still_pending fails: then remove it from here.
-PENDING_SETTINGS = {"api_keys"}
-# Issue 6's settings for how long in-flight requests may finish after SIGTERM (seconds).
-DRAIN_FIELD = re.compile(r"drain|shutdown|grace")
+# Settings of issue 6's hardening that the deployment files set. They land together: before,
+# none is a field (their environment variables are ignored); after, every one must be.
+HARDENING_SETTINGS = {"api_keys", "api_key_file", "shutdown_timeout", "log_format"}
+HARDENED = "api_keys" in Settings.model_fields
 
 
 def load_yaml(path: Path) -> Any:
@@ -139,12 +141,40 @@ def settings_field(env_name: str) -> str:
 
 
 def check_server_env_names(names: set[str], where: str) -> None:
-    known = set(Settings.model_fields) | PENDING_SETTINGS
+    known = set(Settings.model_fields) | HARDENING_SETTINGS
     for name in names:
         if name.startswith(ENV_PREFIX):
             assert settings_field(name) in known, f"{where}: {name} is no setting"
         else:
-            assert name in GUIDE_ENV | KEY_PARTS_ENV, f"{where}: unexpected variable {name}"
+            assert name in GUIDE_ENV, f"{where}: unexpected variable {name}"
+
+
+def set_server_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """The deployment's environment for the server (all of it once the hardening has landed;
+    before, only the names that are settings, since the rest would be ignored anyway)."""
+    for name, value in env.items():
+        if HARDENED or name in GUIDE_ENV or settings_field(name) in Settings.model_fields:
+            monkeypatch.setenv(name, value)
+
+
+def literal_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def check_metrics_key_line(line: str, key: str) -> None:
+    """``line`` gives the server ``key`` with no request limit (an API key file line)."""
+    secret, *options = line.split()
+    assert secret == key
+    fields = dict(option.split("=", 1) for option in options)
+    assert fields.get("requests", "").lower() in {"none", "off"}, "Prometheus would be limited"
+    if HARDENED:  # the server's own parser agrees
+        from deepseek_serve.auth import read_key_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "keys.txt"
+            path.write_text(line + "\n")
+            (parsed,) = read_key_file(path, Settings())
+        assert parsed.request_limit is None
 
 
 # --- every file parses ---------------------------------------------------------------------------
@@ -201,50 +231,47 @@ def test_server_environment_names_are_real_settings() -> None:
         check_server_env_names({"DEEPSEEK_SERVE_TENSOR_PARALEL_SIZE"}, "typo")
 
 
-def test_pending_settings_are_still_pending() -> None:
-    landed = PENDING_SETTINGS & set(Settings.model_fields)
-    assert not landed, f"{landed} are settings now: remove them from PENDING_SETTINGS"
+def test_hardening_settings_land_together() -> None:
+    present = HARDENING_SETTINGS & set(Settings.model_fields)
+    assert present in (set(), HARDENING_SETTINGS), f"only {present} of {HARDENING_SETTINGS}"
 
 
 def test_compose_environment_loads_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     shell = {**REQUIRED_SHELL, "DEEPSEEK_SERVE_TENSOR_PARALLEL_SIZE": "2"}
-    env = compose_env(SERVER_SERVICE, shell)
-    for name, value in env.items():
-        if name.startswith(ENV_PREFIX) and settings_field(name) in Settings.model_fields:
-            monkeypatch.setenv(name, value)
+    set_server_env(monkeypatch, compose_env(SERVER_SERVICE, shell))
     settings = load_settings(config_file=DEPLOY_CONFIG)
     assert settings.tensor_parallel_size == 2
-    # Prometheus's key is always among the accepted keys.
-    assert env[API_KEYS_ENV].split(",") == ["k1", "k2", "m"]
+    assert settings.port == server_port_in_compose()
+    if HARDENED:
+        assert [k.get_secret_value() for k in settings.api_keys] == ["k1", "k2"]
+        assert settings.log_format == "json"
 
 
-def test_compose_refuses_to_start_without_api_keys() -> None:
+def test_compose_refuses_to_start_without_keys() -> None:
     with pytest.raises(KeyError, match=API_KEYS_ENV):
         compose_env(SERVER_SERVICE, {METRICS_KEY_ENV: "m"})
     with pytest.raises(KeyError, match=METRICS_KEY_ENV):
-        compose_env(SERVER_SERVICE, {API_KEYS_ENV: "k"})
+        interpolate(compose()["configs"]["metrics_key_file"]["content"], {API_KEYS_ENV: "k"})
 
 
 def test_kubernetes_environment_loads_with_the_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = container_env(server_container())
-    for name, entry in env.items():
-        if name.startswith(ENV_PREFIX) and settings_field(name) in Settings.model_fields:
-            monkeypatch.setenv(name, entry["value"])
+    container = server_container()
+    set_server_env(monkeypatch, literal_env(container))
     path = tmp_path / "config.yaml"
     path.write_text(k8s_docs()["ConfigMap"]["data"]["config.yaml"])
     settings = load_settings(config_file=path)
-    gpus = server_container()["resources"]["limits"]["nvidia.com/gpu"]
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
     assert settings.tensor_parallel_size == int(gpus), "one engine over all the pod's GPUs"
+    assert settings.port == resolve_port(container, "http")
+    if HARDENED:
+        assert settings.api_key_file is not None and settings.log_format == "json"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PORT / LOG_LEVEL / MODEL_SIZE reach the settings with issue 6's settings change; "
-    "drop this mark then",
-)
 def test_guide_environment_names_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(settings_module, "MODEL_SIZES"):
+        pytest.xfail("PORT / LOG_LEVEL / MODEL_SIZE land with issue 6's settings change")
     monkeypatch.setenv("MODEL_SIZE", "33b")
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("LOG_LEVEL", "debug")
@@ -307,14 +334,18 @@ def test_prometheus_scrapes_the_server_metrics_with_a_key() -> None:
     assert job.get("metrics_path", "/metrics") == "/metrics"
     (static,) = job["static_configs"]
     assert static["targets"] == [f"{SERVER_SERVICE}:{server_port_in_compose()}"]
-    # The key file is the compose secret made from METRICS_API_KEY, which the server accepts.
+    # Prometheus's token file is the compose secret made from METRICS_API_KEY ...
     auth = job["authorization"]
     assert auth.get("type", "Bearer") == "Bearer"
     secret = auth["credentials_file"].removeprefix("/run/secrets/")
     assert secret in prometheus["secrets"]
     assert doc["secrets"][secret] == {"environment": METRICS_KEY_ENV}
-    keys = compose()["services"][SERVER_SERVICE]["environment"][API_KEYS_ENV]
-    assert "${" + METRICS_KEY_ENV + ":" in keys
+    # ... and the server reads the same key, unlimited, from its API key file.
+    server = doc["services"][SERVER_SERVICE]
+    key_file = compose_env(SERVER_SERVICE)[KEY_FILE_ENV]
+    (config,) = [c for c in server["configs"] if c["target"] == key_file]
+    content = interpolate(doc["configs"][config["source"]]["content"], REQUIRED_SHELL)
+    check_metrics_key_line(content.strip(), REQUIRED_SHELL[METRICS_KEY_ENV])
 
 
 def test_grafana_is_provisioned_with_the_datasource_and_dashboard() -> None:
@@ -420,21 +451,30 @@ def test_deployment_takes_the_api_keys_from_the_secret() -> None:
     docs = k8s_docs()
     secret = docs["Secret"]
     keys = secret["stringData"]
-    assert API_KEYS_ENV in keys and METRICS_KEY_ENV in keys
-    env = server_container()["env"]
-    defined: list[str] = []
-    for entry in env:
-        ref = entry.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            assert ref["name"] == secret["metadata"]["name"]
-            assert ref["key"] in keys
-        # Kubernetes expands $(VAR) only for variables defined earlier in the list.
-        for var in re.findall(r"\$\((\w+)\)", entry.get("value", "")):
-            assert var in defined, f"{entry['name']} uses $({var}) before it is defined"
-        defined.append(entry["name"])
-    by_name = {e["name"]: e for e in env}
-    assert by_name[API_KEYS_ENV]["value"] == "$(CLIENT_API_KEYS),$(METRICS_API_KEY)"
-    assert by_name["CLIENT_API_KEYS"]["valueFrom"]["secretKeyRef"]["key"] == API_KEYS_ENV
+    env = container_env(server_container())
+    ref = env[API_KEYS_ENV]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], API_KEYS_ENV)
+    assert len(keys[API_KEYS_ENV].split(",")) >= 2  # the example shows the list
+    # The key file: a Secret volume holding metrics-key.txt, where the variable says.
+    key_file = Path(env[KEY_FILE_ENV]["value"])
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [
+        m for m in server_container()["volumeMounts"] if m["mountPath"] == str(key_file.parent)
+    ]
+    source = volumes[mount["name"]]["secret"]
+    assert source["secretName"] == secret["metadata"]["name"]
+    assert {"key": METRICS_KEY_FILE, "path": key_file.name} in source["items"]
+    # The example is consistent: the file's key is the one Prometheus sends.
+    check_metrics_key_line(keys[METRICS_KEY_FILE], keys[METRICS_KEY_ENV])
+
+
+def test_mounts_do_not_nest() -> None:
+    """A volume mounted inside a ConfigMap or Secret mount (read-only) fails at pod start."""
+    paths = [Path(m["mountPath"]) for m in server_container()["volumeMounts"]]
+    for a in paths:
+        for b in paths:
+            assert a == b or not a.is_relative_to(b), f"{a} is inside {b}"
 
 
 def test_servicemonitor_scrapes_metrics_with_the_secret_key() -> None:
@@ -458,22 +498,18 @@ def test_grace_periods_outlast_the_pre_stop_pause() -> None:
     assert compose_grace >= pod["terminationGracePeriodSeconds"] - int(pre_stop[1])
 
 
-def test_grace_periods_outlast_the_server_drain() -> None:
-    settings = load_settings(config_file=DEPLOY_CONFIG)
-    drains = {
-        name: float(value)
-        for name in Settings.model_fields
-        if DRAIN_FIELD.search(name)
-        and isinstance(value := getattr(settings, name), int | float)
-        and not isinstance(value, bool)
-    }
-    if not drains:
-        pytest.xfail("no drain timeout setting yet: it lands with issue 6's graceful shutdown")
-    drain = max(drains.values())
+def test_grace_periods_outlast_the_server_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not HARDENED:
+        pytest.xfail("shutdown_timeout lands with issue 6's graceful shutdown")
     pod = k8s_docs()["Deployment"]["spec"]["template"]["spec"]
     pre_stop = int(server_container()["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain, drains
-    assert seconds(compose()["services"][SERVER_SERVICE]["stop_grace_period"]) > drain, drains
+    set_server_env(monkeypatch, literal_env(server_container()))
+    drain = load_settings(config_file=DEPLOY_CONFIG).shutdown_timeout
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+
+    set_server_env(monkeypatch, compose_env(SERVER_SERVICE))
+    drain = load_settings(config_file=DEPLOY_CONFIG).shutdown_timeout
+    assert seconds(compose()["services"][SERVER_SERVICE]["stop_grace_period"]) > drain
 
 
 # --- the image -----------------------------------------------------------------------------------
