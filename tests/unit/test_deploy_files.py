@@ -515,11 +515,11 @@ def test_grace_periods_outlast_the_server_drain(monkeypatch: pytest.MonkeyPatch)
 # --- the image -----------------------------------------------------------------------------------
 
 
-def test_image_takes_model_port_and_log_level_from_the_environment() -> None:
+def test_image_takes_the_model_and_port_from_the_environment() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     env_block = re.search(r"^ENV (.*?)(?<!\\)\n", dockerfile, re.S | re.M)
     assert env_block
-    assert {"MODEL_SIZE", "PORT", "LOG_LEVEL"} <= set(re.findall(r"(\w+)=", env_block.group(1)))
+    assert {"MODEL_SIZE", "PORT"} <= set(re.findall(r"(\w+)=", env_block.group(1)))
     # A default flag would beat the environment (flags > environment).
     assert not re.search(r"^CMD .*--model", dockerfile, re.M)
     healthcheck = dockerfile[dockerfile.index("HEALTHCHECK") :]
