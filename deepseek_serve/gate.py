@@ -69,10 +69,11 @@ class Gate:
             info = current_request()
             if info is not None:
                 info.key_name = key.name
-            try:
-                await state.quotas.admit(key)
-            except RateLimitError as exc:
-                return await self._reject(exc, "rate_limited", scope, receive, send)
+            if path != "/metrics":  # a scrape every few seconds is not API use
+                try:
+                    await state.quotas.admit(key)
+                except RateLimitError as exc:
+                    return await self._reject(exc, "rate_limited", scope, receive, send)
 
         limit = settings.max_body_bytes
         length = _header(headers, b"content-length")

@@ -169,3 +169,11 @@ def test_overload_gives_503_with_retry_after(make_client: MakeClient) -> None:
     slow.join()
     assert results == [200]
     assert client.post("/v1/completions", json=BODY).status_code == 200
+
+
+def test_metrics_scrapes_do_not_use_the_request_budget(make_client: MakeClient) -> None:
+    client = make_client(settings={"api_keys": "sk-1", "request_rate_limit": "2/minute"})[0]
+    for _ in range(5):
+        assert client.get("/metrics", headers=KEY).status_code == 200
+    assert client.get("/v1/models", headers=KEY).status_code == 200
+    assert client.get("/metrics").status_code == 401  # still needs the key
