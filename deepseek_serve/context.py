@@ -1,0 +1,158 @@
+"""Packing repository context into the model's window with the real tokenizer.
+
+What is nearest the cursor matters most: the end of the prefix (with the text typed on the cursor's
+line) and the start of the suffix are kept first (prefix:suffix 3:1 when both must be cut), then
+the other files in the order given, each whole or, for the last one that fits in part, its first
+whole lines. Cuts fall on token boundaries and, where possible, on line boundaries. The result is
+rendered with ``templates.repo`` and tokenized once more; should tokens merge differently across a
+junction, the budget is tightened and the packing redone, so the prompt always fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from deepseek_serve.errors import ContextWindowExceededError
+from deepseek_serve.templates.repo import RepoFile, file_header, render_file, render_repo
+from deepseek_serve.tokenizer import PromptTokenizer
+
+_MAX_REPACKS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PackedPrompt:
+    text: str
+    token_ids: list[int]
+    tokens_dropped: int
+    prefix_tokens_dropped: int
+    suffix_tokens_dropped: int
+    files_kept: int  # whole
+    files_cut: int  # first lines only
+    files_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    text: str
+    offsets: list[tuple[int, int]]
+
+    @property
+    def n(self) -> int:
+        return len(self.offsets)
+
+
+def _pieces(tokenizer: PromptTokenizer, texts: list[str]) -> list[_Piece]:
+    if not texts:
+        return []
+    enc = tokenizer.hf(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return [
+        _Piece(text, [(int(a), int(b)) for a, b in offsets])
+        for text, offsets in zip(texts, enc["offset_mapping"], strict=True)
+    ]
+
+
+def _keep_tail(piece: _Piece, k: int) -> tuple[str, int]:
+    """The last ``k`` tokens of ``piece`` (from a line start when one is inside them)."""
+    if k >= piece.n:
+        return piece.text, piece.n
+    if k <= 0:
+        return "", 0
+    start = piece.offsets[piece.n - k][0]
+    if start > 0 and piece.text[start - 1] != "\n":
+        newline = piece.text.find("\n", start)
+        if newline != -1 and newline + 1 < len(piece.text):
+            start = newline + 1
+    kept = sum(1 for a, _ in piece.offsets if a >= start)
+    return piece.text[start:], kept
+
+
+def _keep_head(piece: _Piece, k: int, *, whole_lines: bool = False) -> tuple[str, int]:
+    """The first ``k`` tokens of ``piece`` (up to a line end when one is inside them)."""
+    if k >= piece.n:
+        return piece.text, piece.n
+    if k <= 0:
+        return "", 0
+    end = piece.offsets[k - 1][1]
+    newline = piece.text.rfind("\n", 0, end)
+    if newline != -1:
+        end = newline + 1
+    elif whole_lines:
+        return "", 0
+    kept = sum(1 for _, b in piece.offsets if b <= end)
+    return piece.text[:end], kept
+
+
+def pack_repo_prompt(
+    tokenizer: PromptTokenizer,
+    *,
+    files: Sequence[RepoFile],
+    prefix: str,
+    suffix: str | None,
+    budget: int,
+    filename: str | None = None,
+    budget_param: str = "max_tokens",
+) -> PackedPrompt:
+    """The prompt (BOS included) in at most ``budget`` tokens. ``suffix=None``: plain
+    completion of the current file; otherwise fill-in-the-middle."""
+    variant = tokenizer.variant
+    header = file_header(filename) if filename else ""
+    pre, suf, head, *blocks = _pieces(
+        tokenizer, [prefix, suffix or "", header, *(render_file(f) for f in files)]
+    )
+    overhead = 1 + (3 if suffix is not None else 0) + head.n  # BOS, FIM tokens, header
+    core = budget - overhead
+    for _ in range(_MAX_REPACKS):
+        if core < 1:
+            raise ContextWindowExceededError(
+                f"The window leaves {budget} tokens for the prompt after the tokens to generate; "
+                f"that is too few for a prompt ({overhead + 1} at least).",
+                param=budget_param,
+            )
+        if pre.n + suf.n <= core:
+            keep_pre, keep_suf = pre.n, suf.n
+        else:
+            keep_suf = min(suf.n, core // 4)
+            keep_pre = min(pre.n, core - keep_suf)
+            keep_suf = min(suf.n, core - keep_pre)
+        pre_text, pre_kept = _keep_tail(pre, keep_pre)
+        suf_text, suf_kept = _keep_head(suf, keep_suf)
+        room = core - pre_kept - suf_kept
+        kept_files: list[RepoFile] = []
+        whole = cut = dropped_file_tokens = 0
+        for file, block in zip(files, blocks, strict=True):
+            if block.n <= room:
+                kept_files.append(file)
+                room -= block.n
+                whole += 1
+                continue
+            text, kept = _keep_head(block, room - 1, whole_lines=True)  # -1: the blank line
+            content = text[len(file_header(file.filename)) :]
+            if content:  # at least one whole line besides the header
+                kept_files.append(RepoFile(file.filename, content))
+                room -= kept + 1
+                cut += 1
+                dropped_file_tokens += block.n - kept - 1  # its blank line is kept
+            else:
+                dropped_file_tokens += block.n
+        text = render_repo(
+            kept_files, pre_text, None if suffix is None else suf_text, variant, filename=filename
+        )
+        ids = tokenizer.encode(text)
+        if len(ids) <= budget:
+            pre_dropped, suf_dropped = pre.n - pre_kept, suf.n - suf_kept
+            return PackedPrompt(
+                text=text,
+                token_ids=ids,
+                tokens_dropped=pre_dropped + suf_dropped + dropped_file_tokens,
+                prefix_tokens_dropped=pre_dropped,
+                suffix_tokens_dropped=suf_dropped,
+                files_kept=whole,
+                files_cut=cut,
+                files_dropped=len(files) - whole - cut,
+            )
+        core -= len(ids) - budget
+    raise ContextWindowExceededError(  # pragma: no cover - tokens never merge this badly
+        "The repository context could not be packed into the window.", param=budget_param
+    )
+
