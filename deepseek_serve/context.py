@@ -155,4 +155,3 @@ def pack_repo_prompt(
     raise ContextWindowExceededError(  # pragma: no cover - tokens never merge this badly
         "The repository context could not be packed into the window.", param=budget_param
     )
-

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from deepseek_serve.engine import Engine
 from deepseek_serve.errors import EngineDeadError, ModelNotFoundError, ServiceUnavailableError
 from deepseek_serve.prompts import PromptBuilder
+from deepseek_serve.sessions import SessionRegistry
 from deepseek_serve.settings import Settings
 from deepseek_serve.tokenizer import PromptTokenizer
 
@@ -22,6 +23,7 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
     prompts: PromptBuilder | None = None  # set once the engine has started
     failed: BaseException | None = None
+    sessions: SessionRegistry = field(default_factory=SessionRegistry)
 
     @property
     def model_name(self) -> str:

@@ -54,7 +54,9 @@ def test_render_follows_the_readme_layout(v1_setup: TokenizerSetup) -> None:
 def test_golden_ids_when_everything_fits(
     family: str, v1_setup: TokenizerSetup, v2_setup: TokenizerSetup
 ) -> None:
-    setup, plain, fim = (v1_setup, V1_PLAIN, V1_FIM) if family == "v1" else (v2_setup, V2_PLAIN, V2_FIM)
+    setup, plain, fim = (
+        (v1_setup, V1_PLAIN, V1_FIM) if family == "v1" else (v2_setup, V2_PLAIN, V2_FIM)
+    )
     tok = setup.prompt_tokenizer
     packed = pack_repo_prompt(
         tok, files=FILES, prefix=PREFIX, suffix=None, budget=1000, filename="main.py"

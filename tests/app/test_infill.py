@@ -1,0 +1,267 @@
+"""/infill in-process over the fake engine, with bodies shaped like the llama.cpp plugins send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from deepseek_serve.app import create_app
+from deepseek_serve.settings import Settings
+from deepseek_serve.tokenizer import TokenizerSetup
+from tests.app.conftest import MakeClient
+from tests.fakes import FakeEngine
+
+FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
+
+
+def vim_body(**overrides: Any) -> dict[str, Any]:
+    """What llama.vim's llama#fim sends (autoload/llama.vim), chunk times included."""
+    body: dict[str, Any] = {
+        "input_prefix": "import os\n\ndef main():\n",
+        "input_suffix": "\n\nmain()\n",
+        "input_extra": [
+            {"text": "def helper():\n    return 1\n", "time": [1732, 51234], "filename": "util.py"}
+        ],
+        "prompt": "    ",
+        "n_predict": 16,
+        "n_indent": 4,
+        "top_k": 40,
+        "top_p": 0.99,
+        "stream": False,
+        "samplers": ["top_k", "top_p", "infill"],
+        "cache_prompt": True,
+        "t_max_prompt_ms": 500,
+        "t_max_predict_ms": 1000,
+        "response_fields": [
+            "content", "timings/prompt_n", "timings/prompt_ms", "timings/prompt_per_token_ms",
+            "timings/prompt_per_second", "timings/predicted_n", "timings/predicted_ms",
+            "timings/predicted_per_token_ms", "timings/predicted_per_second", "truncated",
+            "tokens_cached",
+        ],
+    }  # fmt: skip
+    body.update(overrides)
+    return body
+
+
+def vscode_body(**overrides: Any) -> dict[str, Any]:
+    """What llama.vscode's createRequestPayload sends (src/llama-server.ts)."""
+    body: dict[str, Any] = {
+        "input_prefix": "const x = 1;\nfunction f() {\n",
+        "input_suffix": "\n}\n",
+        "input_extra": [
+            {"text": "export const y = 2;\n", "time": 1732000000, "filename": "/p/y.ts"}
+        ],
+        "prompt": "  return ",
+        "n_predict": 8,
+        "top_k": 40,
+        "top_p": 0.99,
+        "stream": False,
+        "samplers": ["top_k", "top_p", "infill"],
+        "cache_prompt": True,
+        "n_indent": 2,
+        "t_max_prompt_ms": 500,
+        "t_max_predict_ms": 2500,
+    }
+    body.update(overrides)
+    return body
+
+
+def test_llama_vim_body(client_engine: tuple[TestClient, FakeEngine]) -> None:
+    client, engine = client_engine
+    r = client.post("/infill", json=vim_body())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == set(vim_body()["response_fields"])  # flat "timings/prompt_n" keys
+    assert body["timings/predicted_n"] >= 1 and body["truncated"] is False
+    _, ids, options = engine.seen[-1]
+    text = (
+        f"{FIM_BEGIN}#util.py\ndef helper():\n    return 1\n\n"
+        f"import os\n\ndef main():\n    {FIM_HOLE}\n\nmain()\n{FIM_END}"
+    )
+    assert ids == engine.tokenizer.encode(text)
+    assert body["timings/prompt_n"] == len(ids)
+    assert options.max_tokens == 16 and options.top_k == 40 and options.top_p == 0.99
+    assert options.stop_token_ids == (32014,)  # end-of-sentence, also on instruct checkpoints
+
+
+def test_llama_vscode_body_and_fields_it_reads(
+    client_engine: tuple[TestClient, FakeEngine],
+) -> None:
+    client, engine = client_engine
+    r = client.post("/infill", json=vscode_body())
+    body = r.json()
+    assert r.status_code == 200
+    for key in ("content", "stop", "tokens_predicted", "tokens_evaluated", "timings",
+                "tokens_cached", "truncated", "generation_settings", "stop_type", "model"):  # fmt: skip
+        assert key in body, key
+    assert body["stop"] is True and body["tokens_evaluated"] == len(engine.seen[-1][1])
+    assert set(body["timings"]) >= {"prompt_n", "prompt_ms", "predicted_n", "predicted_ms",
+                                    "prompt_per_second", "predicted_per_second"}  # fmt: skip
+    assert body["tokens_predicted"] == body["timings"]["predicted_n"] <= 8
+    assert body["tokens_dropped"] == 0
+
+
+def test_warmup_with_n_predict_0_returns_empty_content(
+    client_engine: tuple[TestClient, FakeEngine],
+) -> None:
+    client, engine = client_engine
+    warm = {
+        "input_prefix": "", "input_suffix": "", "prompt": "", "n_predict": 0, "samplers": [],
+        "input_extra": [{"text": "x = 1\n", "filename": "a.py", "time": 1}],
+        "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 1, "temperature": 0.0,
+        "response_fields": [""],
+    }  # fmt: skip
+    r = client.post("/infill", json=warm)
+    assert r.status_code == 200 and r.json() == {}  # response_fields [""] selects nothing
+    del warm["response_fields"]
+    body = client.post("/infill", json=warm).json()
+    assert body["content"] == "" and body["tokens_predicted"] == 0
+    _, ids, options = engine.seen[-1]
+    assert options.max_tokens == 1  # the prompt is processed (cached), nothing returned
+    assert ids == engine.tokenizer.encode(f"{FIM_BEGIN}#a.py\nx = 1\n\n{FIM_HOLE}{FIM_END}")
+    assert engine.running == set()
+
+
+def _llama_error(r: httpx.Response, param: str | None = None) -> str:
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == 400 and error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+    message: str = error["message"]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "says"),
+    [
+        ({"input_extra": "not a list"}, "input_extra", "must be an array"),
+        ({"input_extra": {"filename": "a", "text": "b"}}, "input_extra", "must be an array"),
+        ({"input_extra": [{"text": "x"}]}, "input_extra[0].filename", "Missing"),
+        ({"input_extra": [{"filename": "a.py"}]}, "input_extra[0].text", "Missing"),
+        ({"input_extra": [{"filename": 3, "text": "x"}]}, "input_extra[0].filename", "string"),
+        ({"input_extra": [{"filename": "a\nb", "text": "x"}]}, "input_extra[0].filename", "line"),
+        ({"input_prefix": "", "input_suffix": "", "prompt": ""}, "input_prefix", "nothing"),
+        ({"n_predict": -2}, "n_predict", "greater than or equal to -1"),
+        ({"n_predict": "16"}, "n_predict", "integer"),
+        ({"temperature": -1}, "temperature", "greater"),
+        ({"stop": "\n"}, "stop", "list"),
+        ({"n_indent": -1}, "n_indent", "greater"),
+    ],
+)
+def test_bad_input_gets_llama_errors_and_engine_keeps_serving(
+    client_engine: tuple[TestClient, FakeEngine], change: dict[str, Any], param: str, says: str
+) -> None:
+    client, engine = client_engine
+    message = _llama_error(client.post("/infill", json=vim_body(**change)), param)
+    assert says in message
+    assert not engine.seen
+    assert client.post("/infill", json=vim_body()).status_code == 200
+
+
+def test_malformed_json_and_wrong_content_type(client: TestClient) -> None:
+    r = client.post("/infill", content=b"{nope", headers={"content-type": "application/json"})
+    assert "not valid JSON" in _llama_error(r)
+    r = client.post("/infill", content=b"{}", headers={"content-type": "text/plain"})
+    assert "Content-Type" in _llama_error(r)
+
+
+def test_context_far_larger_than_the_window_is_packed(
+    client_engine: tuple[TestClient, FakeEngine],
+) -> None:
+    client, engine = client_engine  # the fake engine's window is 256 tokens
+    big = "".join(f"v{i} = {i}\n" for i in range(2000))
+    body = vim_body(
+        input_prefix=big + "def f():\n",
+        input_suffix="\nprint(f())\n" + big,
+        input_extra=[{"filename": f"m{i}.py", "text": big} for i in range(5)],
+        response_fields=None,
+    )
+    r = client.post("/infill", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["truncated"] is True and out["tokens_dropped"] > 20000
+    _, ids, options = engine.seen[-1]
+    assert len(ids) + options.max_tokens <= 256
+    text = engine.tokenizer.decode(ids)
+    assert f"def f():\n    {FIM_HOLE}\nprint(f())\n" in text
+
+
+def test_stream_is_llama_sse_without_done(client_engine: tuple[TestClient, FakeEngine]) -> None:
+    client, _ = client_engine
+    body = vscode_body(seed=5, n_indent=0, t_max_predict_ms=0)
+    whole = client.post("/infill", json=body).json()
+    r = client.post("/infill", json={**body, "stream": True})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    frames = [f for f in r.text.split("\n\n") if f]
+    assert all(f.startswith("data: {") for f in frames)  # no [DONE]
+    chunks = [json.loads(f[len("data: ") :]) for f in frames]
+    assert all(c["stop"] is False for c in chunks[:-1]) and chunks[-1]["stop"] is True
+    assert "".join(c["content"] for c in chunks) == whole["content"]
+    assert chunks[-1]["tokens_predicted"] == whole["tokens_predicted"]
+
+
+def test_n_indent_cuts_a_line_indented_less(make_client: MakeClient) -> None:
+    client, engine = make_client()
+    word = {w: engine.word_ids[i] for i, w in enumerate(["alpha", "beta", "gamma", "delta",
+            "nl", "return", "x", "=", "1"])}  # fmt: skip
+    engine.script = [word["x"], word["nl"], word["return"], word["x"]]
+    body = vim_body(n_indent=4, n_predict=50, response_fields=None, t_max_predict_ms=0)
+    out = client.post("/infill", json=body).json()
+    assert out["content"] == " x\n "  # cut before "return", indented 1 < 4
+    assert out["stop_type"] == "limit" and out["tokens_predicted"] == 3
+    assert engine.running == set()
+    out = client.post("/infill", json={**body, "n_indent": 1}).json()  # every line passes
+    assert out["content"].startswith(" x\n return x x\n return") and out["tokens_predicted"] == 50
+
+
+def test_time_budget_ends_at_a_newline(make_client: MakeClient) -> None:
+    client, engine = make_client(token_delay=0.01)
+    nl, x = engine.word_ids[4], engine.word_ids[6]
+    engine.script = [x, x, nl, x, nl, x, x]
+    body = vim_body(n_indent=0, n_predict=60, t_max_predict_ms=15, response_fields=None)
+    out = client.post("/infill", json=body).json()
+    assert out["content"] == " x x\n" and out["stop_type"] == "limit"
+    out = client.post("/infill", json={**body, "t_max_predict_ms": 0}).json()
+    assert out["tokens_predicted"] == 60  # no budget: runs to n_predict
+
+
+def test_stop_word_and_eos(make_client: MakeClient) -> None:
+    client, engine = make_client()
+    engine.script = [engine.word_ids[6], engine.word_ids[7], engine.word_ids[8]]
+    body = vim_body(n_indent=0, response_fields=None, stop=[" ="])
+    out = client.post("/infill", json=body).json()
+    assert (out["content"], out["stop_type"], out["stopping_word"]) == (" x", "word", " =")
+    engine.script = [engine.word_ids[6], 32014]
+    out = client.post("/infill", json={**body, "stop": []}).json()
+    assert (out["content"], out["stop_type"]) == (" x", "eos")
+
+
+async def test_a_newer_request_of_the_session_supersedes_the_older(
+    v1_setup: TokenizerSetup,
+) -> None:
+    engine = FakeEngine(v1_setup.prompt_tokenizer, token_delay=0.01, max_model_len=4096)
+    app = create_app(Settings(model="demo"), engine, v1_setup.prompt_tokenizer)
+    body = vim_body(n_predict=300, n_indent=0, t_max_predict_ms=0, response_fields=None)
+    async with app.router.lifespan_context(app):
+        while app.state.deepseek.prompts is None:
+            await asyncio.sleep(0.001)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            headers = {"X-Session-Id": "editor-1"}
+            old = asyncio.create_task(http.post("/infill", json=body, headers=headers))
+            await asyncio.sleep(0.1)
+            other = asyncio.create_task(
+                http.post("/infill", json={**body, "n_predict": 5}, headers={"X-Session-Id": "2"})
+            )
+            new = await http.post("/infill", json={**body, "n_predict": 5}, headers=headers)
+            first = await old
+            assert (await other).status_code == 200  # another session is not touched
+        assert new.status_code == 200 and new.json()["tokens_predicted"] == 5
+        assert first.status_code == 409 and first.json()["error"]["code"] == 409
+        assert engine.running == set() and len(app.state.deepseek.sessions) == 0
