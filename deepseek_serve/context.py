@@ -10,10 +10,15 @@ junction, the budget is tightened and the packing redone, so the prompt always f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from deepseek_serve.engine import EngineOutput
 from deepseek_serve.errors import ContextWindowExceededError
+from deepseek_serve.prompts import PromptBuilder, TokenPrompt
+from deepseek_serve.protocol import CompletionRequest
+from deepseek_serve.streaming import ResponseBuilder
 from deepseek_serve.templates.repo import RepoFile, file_header, render_file, render_repo
 from deepseek_serve.tokenizer import PromptTokenizer
 
@@ -155,3 +160,39 @@ def pack_repo_prompt(
     raise ContextWindowExceededError(  # pragma: no cover - tokens never merge this badly
         "The repository context could not be packed into the window.", param=budget_param
     )
+
+
+def completion_with_context(builder: PromptBuilder, req: CompletionRequest) -> PackedPrompt:
+    """``/v1/completions`` with ``input_extra`` / ``filename``: the prompt (and ``suffix``)
+    packed with the other files into the room ``max_tokens`` leaves."""
+    assert isinstance(req.prompt, str)  # checked by CompletionRequest
+    reserve = req.max_tokens or builder.default_completion_max_tokens
+    return pack_repo_prompt(
+        builder.tokenizer,
+        files=[RepoFile(f.filename, f.text) for f in req.input_extra or ()],
+        prefix=req.prompt,
+        suffix=req.suffix,
+        budget=builder.limits.max_model_len - reserve,
+        filename=req.filename,
+    )
+
+
+def as_token_prompt(packed: PackedPrompt) -> TokenPrompt:
+    return TokenPrompt(packed.token_ids, packed.text)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextReport:
+    """A response builder that adds ``tokens_dropped`` (the packing report) to a full body; a
+    stream has it in the ``X-Context-Tokens-Dropped`` header only."""
+
+    inner: ResponseBuilder
+    tokens_dropped: int
+
+    def frames(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> AsyncIterator[bytes]:
+        return self.inner.frames(outputs)
+
+    async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
+        body = await self.inner.collect(outputs)
+        body["tokens_dropped"] = self.tokens_dropped
+        return body
