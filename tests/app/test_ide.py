@@ -27,7 +27,8 @@ def test_repository_context_beside_suffix(client_engine: tuple[TestClient, FakeE
     r = client.post("/v1/completions", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["tokens_dropped"] == 0 and r.headers["x-context-tokens-dropped"] == "0"
-    text = f"{FIM_BEGIN}#util.py\ndef helper():\n    return 1\n\n#main.py\nx = {FIM_HOLE}\nprint(x)\n{FIM_END}"
+    files = "#util.py\ndef helper():\n    return 1\n\n#main.py\n"
+    text = f"{FIM_BEGIN}{files}x = {FIM_HOLE}\nprint(x)\n{FIM_END}"
     assert engine.seen[-1][1] == engine.tokenizer.encode(text)
     # without suffix: plain repository-level completion, the README's layout
     del body["suffix"]
