@@ -66,6 +66,8 @@ class InfillRequest(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     seed: int | None = Field(None, ge=-1, le=2**64 - 1)  # -1: random, as in llama.cpp
     stop: list[str] = Field(default_factory=list, max_length=16)
+    # {"id": bias} or llama.cpp's [[id, bias], ...]
+    logit_bias: dict[str, float] | list[tuple[int, float]] | None = Field(None, max_length=1024)
     stream: bool = False
     n_indent: int = Field(0, ge=0, le=1024)
     t_max_predict_ms: int = Field(0, ge=0)
@@ -84,6 +86,25 @@ class InfillRequest(BaseModel):
         if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
             raise ValueError(_EXTRA_SHAPE)
         return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(
+        cls, value: dict[str, float] | list[tuple[int, float]] | None
+    ) -> dict[str, float] | list[tuple[int, float]] | None:
+        pairs = value.items() if isinstance(value, dict) else value or []
+        for token, bias in pairs:
+            if isinstance(token, str) and not token.isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {token!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError("biases must be within [-100, 100]")
+        return value
+
+    def bias_by_id(self) -> dict[int, float] | None:
+        if not self.logit_bias:
+            return None
+        pairs = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        return {int(token): bias for token, bias in pairs}
 
     @field_validator("stop")
     @classmethod

@@ -62,6 +62,9 @@ async def _infill(request: Request) -> Response:
     prompt_len = len(packed.token_ids)
     max_tokens = req.n_predict if req.n_predict > 0 else window - prompt_len
     warmup = req.n_predict == 0
+    bias = req.bias_by_id()
+    if bias:
+        builder.check_ids(list(bias), "logit_bias")
     options = SamplingOptions(
         max_tokens=1 if warmup else max_tokens,
         temperature=req.temperature,
@@ -74,6 +77,7 @@ async def _infill(request: Request) -> Response:
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
         repetition_penalty=req.repeat_penalty,
+        logit_bias=bias,
         priority=request_priority(state.settings, req.priority, interactive=True),
     )
     formatter = InfillFormatter(
