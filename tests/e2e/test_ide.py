@@ -205,3 +205,38 @@ async def _consume(
 def _infill_ok(server: LiveServer) -> bool:
     r = httpx.post(f"{server.base_url}/infill", json=vscode_body(), timeout=60)
     return r.status_code == 200
+
+
+def test_infill_runs_through_eot_and_stops_at_end_of_sentence(server: LiveServer) -> None:
+    """The served checkpoint is an instruct one: <|EOT|> must not end a completion."""
+    eot = vscode_body(n_predict=5, n_indent=0, logit_bias={"32021": 100}, temperature=0.0)
+    out = httpx.post(f"{server.base_url}/infill", json=eot, timeout=60).json()
+    assert out["content"] == "<|EOT|>" * 5 and out["stop_type"] == "limit"
+    eos = {**eot, "logit_bias": [[EOS, 100]]}
+    out = httpx.post(f"{server.base_url}/infill", json=eos, timeout=60).json()
+    assert (out["content"], out["stop_type"], out["tokens_predicted"]) == ("", "eos", 1)
+
+
+def test_continue_autocomplete_body(server: LiveServer) -> None:
+    """Continue's vllm provider renders DeepSeek's FIM template itself (its deepseek template
+    and stop list) and streams /v1/completions."""
+    prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
+    body = {
+        "model": MODEL_NAME,
+        "prompt": f"{FIM_BEGIN}{prefix}{FIM_HOLE}{suffix}{FIM_END}",
+        "max_tokens": 16,
+        "temperature": 0.01,
+        "stop": [FIM_BEGIN, FIM_HOLE, FIM_END, "//", "<｜end▁of▁sentence｜>"],
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert all("error" not in json.loads(line[6:]) for line in lines[:-1])
+    # the template's special texts became the FIM ids: same prompt as the server's own FIM
+    theirs = httpx.post(f"{server.base_url}/v1/completions", timeout=60,
+                        json={**body, "stream": False, "max_tokens": 1}).json()  # fmt: skip
+    ours = httpx.post(f"{server.base_url}/v1/completions", timeout=60,
+                      json={"prompt": prefix, "suffix": suffix, "max_tokens": 1}).json()  # fmt: skip
+    assert theirs["usage"]["prompt_tokens"] == ours["usage"]["prompt_tokens"]
