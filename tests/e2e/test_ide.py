@@ -235,8 +235,7 @@ def test_continue_autocomplete_body(server: LiveServer) -> None:
     assert lines[-1] == "data: [DONE]"
     assert all("error" not in json.loads(line[6:]) for line in lines[:-1])
     # the template's special texts became the FIM ids: same prompt as the server's own FIM
-    theirs = httpx.post(f"{server.base_url}/v1/completions", timeout=60,
-                        json={**body, "stream": False, "max_tokens": 1}).json()  # fmt: skip
-    ours = httpx.post(f"{server.base_url}/v1/completions", timeout=60,
-                      json={"prompt": prefix, "suffix": suffix, "max_tokens": 1}).json()  # fmt: skip
-    assert theirs["usage"]["prompt_tokens"] == ours["usage"]["prompt_tokens"]
+    url = f"{server.base_url}/v1/completions"
+    theirs = httpx.post(url, json={**body, "stream": False, "max_tokens": 1}, timeout=60).json()
+    ours = httpx.post(url, json={"prompt": prefix, "suffix": suffix, "max_tokens": 1}, timeout=60)
+    assert theirs["usage"]["prompt_tokens"] == ours.json()["usage"]["prompt_tokens"]
