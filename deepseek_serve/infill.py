@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from deepseek_serve.engine import EngineOutput
 from deepseek_serve.errors import APIError, InvalidRequestError
@@ -67,7 +67,10 @@ class InfillRequest(BaseModel):
     seed: int | None = Field(None, ge=-1, le=2**64 - 1)  # -1: random, as in llama.cpp
     stop: list[str] = Field(default_factory=list, max_length=16)
     # {"id": bias} or llama.cpp's [[id, bias], ...]
-    logit_bias: dict[str, float] | list[tuple[int, float]] | None = Field(None, max_length=1024)
+    # JSON has no tuples: llama.cpp's [[id, bias]] pairs arrive as lists
+    logit_bias: dict[str, float] | list[Annotated[tuple[int, float], Strict(False)]] | None = Field(
+        None, max_length=1024
+    )
     stream: bool = False
     n_indent: int = Field(0, ge=0, le=1024)
     t_max_predict_ms: int = Field(0, ge=0)

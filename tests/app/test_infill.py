@@ -189,6 +189,11 @@ def test_stop_word_and_eos(make_client: MakeClient) -> None:
     engine.script = [engine.word_ids[6], 32014]
     out = client.post("/infill", json={**body, "stop": []}).json()
     assert (out["content"], out["stop_type"]) == (" x", "eos")
+    for bias in ({"32014": -100}, [[32014, -100]]):  # both of llama.cpp's logit_bias forms
+        client.post("/infill", json={**body, "logit_bias": bias})
+        assert engine.seen[-1][2].logit_bias == {32014: -100.0}
+    r = client.post("/infill", json={**body, "logit_bias": [[99999, 1]]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias[0]"
 
 
 async def test_a_newer_request_of_the_session_supersedes_the_older(
