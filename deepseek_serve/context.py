@@ -10,6 +10,10 @@ junction, the budget is tightened and the packing redone, so the prompt always f
 
 from __future__ import annotations
 
+import bisect
+import threading
+from array import array
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,21 +44,61 @@ class PackedPrompt:
 @dataclass(frozen=True, slots=True)
 class _Piece:
     text: str
-    offsets: list[tuple[int, int]]
+    starts: array[int]  # character offsets of each token (compact: cached between requests)
+    ends: array[int]
 
     @property
     def n(self) -> int:
-        return len(self.offsets)
+        return len(self.starts)
 
 
-def _pieces(tokenizer: PromptTokenizer, texts: list[str]) -> list[_Piece]:
-    if not texts:
-        return []
-    enc = tokenizer.hf(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return [
-        _Piece(text, [(int(a), int(b)) for a, b in offsets])
-        for text, offsets in zip(texts, enc["offset_mapping"], strict=True)
-    ]
+class PieceCache:
+    """Tokenized files by content: editors resend the same other files on every keystroke.
+    Thread-safe (packing runs in worker threads); least recently used entries go first."""
+
+    def __init__(self, max_entries: int = 512, max_chars: int = 4_000_000) -> None:
+        self._entries: OrderedDict[str, _Piece] = OrderedDict()
+        self._chars = 0
+        self._max_entries = max_entries
+        self._max_chars = max_chars
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> _Piece | None:
+        with self._lock:
+            piece = self._entries.get(text)
+            if piece is not None:
+                self._entries.move_to_end(text)
+            return piece
+
+    def put(self, piece: _Piece) -> None:
+        with self._lock:
+            if piece.text in self._entries or len(piece.text) > self._max_chars // 4:
+                return
+            self._entries[piece.text] = piece
+            self._chars += len(piece.text)
+            while len(self._entries) > self._max_entries or self._chars > self._max_chars:
+                _, old = self._entries.popitem(last=False)
+                self._chars -= len(old.text)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _pieces(
+    tokenizer: PromptTokenizer, texts: list[str], cache: PieceCache | None = None
+) -> list[_Piece]:
+    """Token offsets of each text; those in ``cache`` are not tokenized again."""
+    found = [cache.get(t) if cache is not None else None for t in texts]
+    missing = [t for t, piece in zip(texts, found, strict=True) if piece is None]
+    fresh: list[_Piece] = []
+    if missing:
+        enc = tokenizer.hf(missing, add_special_tokens=False, return_offsets_mapping=True)
+        fresh = [
+            _Piece(text, array("l", (a for a, _ in offsets)), array("l", (b for _, b in offsets)))
+            for text, offsets in zip(missing, enc["offset_mapping"], strict=True)
+        ]
+    made = iter(fresh)
+    return [piece if piece is not None else next(made) for piece in found]
 
 
 def _keep_tail(piece: _Piece, k: int) -> tuple[str, int]:
@@ -63,12 +107,12 @@ def _keep_tail(piece: _Piece, k: int) -> tuple[str, int]:
         return piece.text, piece.n
     if k <= 0:
         return "", 0
-    start = piece.offsets[piece.n - k][0]
+    start = piece.starts[piece.n - k]
     if start > 0 and piece.text[start - 1] != "\n":
         newline = piece.text.find("\n", start)
         if newline != -1 and newline + 1 < len(piece.text):
             start = newline + 1
-    kept = sum(1 for a, _ in piece.offsets if a >= start)
+    kept = piece.n - bisect.bisect_left(piece.starts, start)
     return piece.text[start:], kept
 
 
@@ -78,13 +122,13 @@ def _keep_head(piece: _Piece, k: int, *, whole_lines: bool = False) -> tuple[str
         return piece.text, piece.n
     if k <= 0:
         return "", 0
-    end = piece.offsets[k - 1][1]
+    end = piece.ends[k - 1]
     newline = piece.text.rfind("\n", 0, end)
     if newline != -1:
         end = newline + 1
     elif whole_lines:
         return "", 0
-    kept = sum(1 for _, b in piece.offsets if b <= end)
+    kept = bisect.bisect_right(piece.ends, end)
     return piece.text[:end], kept
 
 
@@ -97,14 +141,18 @@ def pack_repo_prompt(
     budget: int,
     filename: str | None = None,
     budget_param: str = "max_tokens",
+    cache: PieceCache | None = None,
 ) -> PackedPrompt:
     """The prompt (BOS included) in at most ``budget`` tokens. ``suffix=None``: plain
-    completion of the current file; otherwise fill-in-the-middle."""
+    completion of the current file; otherwise fill-in-the-middle. ``cache`` keeps the other
+    files' tokens between requests."""
     variant = tokenizer.variant
     header = file_header(filename) if filename else ""
-    pre, suf, head, *blocks = _pieces(
-        tokenizer, [prefix, suffix or "", header, *(render_file(f) for f in files)]
-    )
+    pre, suf, head = _pieces(tokenizer, [prefix, suffix or "", header])
+    blocks = _pieces(tokenizer, [render_file(f) for f in files], cache)
+    if cache is not None:
+        for block in blocks:
+            cache.put(block)
     overhead = 1 + (3 if suffix is not None else 0) + head.n  # BOS, FIM tokens, header
     core = budget - overhead
     for _ in range(_MAX_REPACKS):
@@ -162,7 +210,9 @@ def pack_repo_prompt(
     )
 
 
-def completion_with_context(builder: PromptBuilder, req: CompletionRequest) -> PackedPrompt:
+def completion_with_context(
+    builder: PromptBuilder, req: CompletionRequest, cache: PieceCache | None = None
+) -> PackedPrompt:
     """``/v1/completions`` with ``input_extra`` / ``filename``: the prompt (and ``suffix``)
     packed with the other files into the room ``max_tokens`` leaves."""
     assert isinstance(req.prompt, str)  # checked by CompletionRequest
@@ -174,6 +224,7 @@ def completion_with_context(builder: PromptBuilder, req: CompletionRequest) -> P
         suffix=req.suffix,
         budget=builder.limits.max_model_len - reserve,
         filename=req.filename,
+        cache=cache,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from deepseek_serve.context import PieceCache
 from deepseek_serve.engine import Engine
 from deepseek_serve.errors import EngineDeadError, ModelNotFoundError, ServiceUnavailableError
 from deepseek_serve.prompts import PromptBuilder
@@ -24,6 +25,7 @@ class ServerState:
     prompts: PromptBuilder | None = None  # set once the engine has started
     failed: BaseException | None = None
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    context_cache: PieceCache = field(default_factory=PieceCache)  # other files' tokens
 
     @property
     def model_name(self) -> str:

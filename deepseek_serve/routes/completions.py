@@ -29,7 +29,7 @@ async def create_completion(request: Request) -> Response:
 
     packed = None
     if req.repository_context:
-        packed = await asyncio.to_thread(completion_with_context, builder, req)
+        packed = await asyncio.to_thread(completion_with_context, builder, req, state.context_cache)
         prompts = [as_token_prompt(packed)]
     else:
         prompts = builder.completion_prompts(req)

@@ -58,6 +58,7 @@ async def _infill(request: Request) -> Response:
         budget=window - max(reserve, 1),
         filename=req.filename,
         budget_param="n_predict",
+        cache=state.context_cache,
     )
     prompt_len = len(packed.token_ids)
     max_tokens = req.n_predict if req.n_predict > 0 else window - prompt_len

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from deepseek_serve.context import pack_repo_prompt
+from deepseek_serve.context import PieceCache, pack_repo_prompt
 from deepseek_serve.errors import ContextWindowExceededError
-from deepseek_serve.templates.repo import RepoFile, render_repo
+from deepseek_serve.templates.repo import RepoFile, render_file, render_repo
 from deepseek_serve.tokenizer import PromptTokenizer, TokenizerSetup
 
 FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
@@ -146,3 +146,20 @@ def test_a_budget_without_room_is_refused(v1_setup: TokenizerSetup) -> None:
             budget_param="n_predict",
         )  # fmt: skip
     assert info.value.param == "n_predict"
+
+
+def test_the_cache_keeps_files_tokenized_between_requests(v1_setup: TokenizerSetup) -> None:
+    tok = v1_setup.prompt_tokenizer
+    files = [RepoFile(f"dep{i}.py", _lines(f"dep{i}", 30)) for i in range(3)]
+    cache = PieceCache(max_entries=2)
+    plain = pack_repo_prompt(tok, files=files, prefix="x = ", suffix="\n", budget=900)
+    first = pack_repo_prompt(tok, files=files, prefix="x = ", suffix="\n", budget=900, cache=cache)
+    assert first == plain and len(cache) == 2  # the oldest entry was evicted
+    block = render_file(files[2])
+    cached = cache.get(block)
+    assert cached is not None and cached.n == len(tok.hf.encode(block, add_special_tokens=False))
+    again = pack_repo_prompt(tok, files=files, prefix="y = ", suffix="\n", budget=900, cache=cache)
+    assert again.token_ids == tok.encode(again.text) and cache.get(block) is cached
+    small = PieceCache(max_chars=40)  # too large to cache: never stored
+    pack_repo_prompt(tok, files=files, prefix="x", suffix=None, budget=900, cache=small)
+    assert len(small) == 0
