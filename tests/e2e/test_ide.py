@@ -81,9 +81,7 @@ def test_bad_infill_bodies(server: LiveServer, change: dict[str, Any], param: st
     error = r.json()["error"]
     assert error["code"] == 400 and error["type"] == "invalid_request_error"
     assert error["param"] == param
-    assert (
-        httpx.post(f"{server.base_url}/infill", json=vscode_body(), timeout=60).status_code == 200
-    )
+    assert _infill_ok(server)
 
 
 def test_completions_with_repository_context(server: LiveServer, client: OpenAI) -> None:
@@ -150,19 +148,19 @@ def test_hundreds_of_completions_cancelled_at_random_leave_nothing_running(
     server: LiveServer,
 ) -> None:
     rng = random.Random(1234)
-    long = {"model": MODEL_NAME, "max_tokens": 400, "logit_bias": {str(EOS): -100}}
+    long = {"model": MODEL_NAME, "max_tokens": 1500, "logit_bias": {str(EOS): -100}}
 
     def request(i: int) -> tuple[str, dict[str, Any], dict[str, str]]:
         kind = i % 4
         headers = {"X-Session-Id": f"load-{i % 7}"} if i % 3 == 0 else {}
         if kind == 0:
-            body = vscode_body(n_predict=400, n_indent=0, t_max_predict_ms=0)
+            body = vscode_body(n_predict=1500, n_indent=0, t_max_predict_ms=0)
             return "/infill", {**body, "logit_bias": [[EOS, -100]]}, headers
         if kind == 1:
             return "/v1/completions", {**long, "prompt": f"x{i}", "stream": True}, headers
         if kind == 2:
             return "/v1/completions", {**long, "prompt": f"y{i}", "suffix": "\n"}, headers
-        return "/api/v1/insertion", {"prefix": f"z{i}", "suffix": "\n", "max_tokens": 400,
+        return "/api/v1/insertion", {"prefix": f"z{i}", "suffix": "\n", "max_tokens": 1500,
                                      "stream": True}, headers  # fmt: skip
 
     async def one(http: httpx.AsyncClient, i: int, gate: asyncio.Semaphore) -> str:
@@ -174,7 +172,8 @@ def test_hundreds_of_completions_cancelled_at_random_leave_nothing_running(
                 task.cancel()  # the connection is dropped mid-request
                 await asyncio.gather(task, return_exceptions=True)
                 return "cancelled"
-            return "finished" if task.exception() is None else type(task.exception()).__name__
+            error = task.exception()
+            return str(task.result()) if error is None else type(error).__name__
 
     async def run() -> list[str]:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
@@ -183,23 +182,21 @@ def test_hundreds_of_completions_cancelled_at_random_leave_nothing_running(
             return await asyncio.gather(*(one(http, i, gate) for i in range(300)))
 
     outcomes = asyncio.run(run())
-    assert outcomes.count("cancelled") > 200, outcomes
-    assert set(outcomes) <= {"cancelled", "finished"}, set(outcomes)
+    assert outcomes.count("cancelled") > 150, outcomes
+    assert set(outcomes) <= {"cancelled", "200", "409"}, set(outcomes)  # 409: superseded
     waited = server.wait_engine_idle(timeout=30)
-    print(
-        f"\n300 requests, {outcomes.count('cancelled')} cancelled; engine idle after {waited:.2f}s"
-    )
-    assert (
-        httpx.post(f"{server.base_url}/infill", json=vscode_body(), timeout=60).status_code == 200
-    )
+    counts = {k: outcomes.count(k) for k in ("cancelled", "200", "409")}
+    print(f"\n300 requests: {counts}; engine idle {waited:.2f}s after the last one")
+    assert _infill_ok(server)
 
 
 async def _consume(
     http: httpx.AsyncClient, path: str, body: dict[str, Any], headers: dict[str, str]
-) -> None:
+) -> int:
     async with http.stream("POST", path, json=body, headers=headers) as r:
         async for _ in r.aiter_bytes():
             pass
+        return r.status_code
 
 
 def _infill_ok(server: LiveServer) -> bool:
