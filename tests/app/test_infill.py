@@ -219,3 +219,18 @@ async def test_a_newer_request_of_the_session_supersedes_the_older(
         assert new.status_code == 200 and new.json()["tokens_predicted"] == 5
         assert first.status_code == 409 and first.json()["error"]["code"] == 409
         assert engine.running == set() and len(app.state.deepseek.sessions) == 0
+
+
+def test_coder_v2_uses_its_own_fim_and_stop_tokens(
+    make_client: MakeClient, v2_setup: TokenizerSetup
+) -> None:
+    client, engine = make_client(setup=v2_setup, model_vocab_size=102400)
+    r = client.post("/infill", json=vscode_body(input_extra=[{"filename": "a.py", "text": "x\n"}]))
+    assert r.status_code == 200, r.text
+    _, ids, options = engine.seen[-1]
+    special = v2_setup.variant.special
+    assert ids[:2] == [special.bos, special.fim_begin] and ids[-1] == special.fim_end
+    assert ids == engine.tokenizer.encode(
+        f"{FIM_BEGIN}#a.py\nx\n\nconst x = 1;\nfunction f() {{\n  return {FIM_HOLE}\n}}\n{FIM_END}"
+    )
+    assert options.stop_token_ids == (special.eos,)
