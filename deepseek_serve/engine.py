@@ -67,6 +67,7 @@ class SequenceDelta:
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None  # the stop string or token id that ended it
 
 
 @dataclass(slots=True)
@@ -290,6 +291,7 @@ def _from_vllm(out: Any, k: int, k_prompt: int) -> EngineOutput:
             if c.logprobs is None
             else [_logprob(t, lp, k) for t, lp in zip(c.token_ids, c.logprobs, strict=False)],
             finish_reason=c.finish_reason,
+            stop_reason=c.stop_reason,
         )
         for c in out.outputs
     ]

@@ -101,6 +101,20 @@ class RateLimitError(APIError):
         super().__init__(message, code=code, headers={"Retry-After": _seconds(retry_after)})
 
 
+class SupersededError(APIError):
+    """A newer request of the same editor session replaced this one (its engine work is
+    aborted)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "superseded"
+
+    def __init__(
+        self, message: str = "A newer request of the same session replaced this one."
+    ) -> None:
+        super().__init__(message, param="session_id")
+
+
 class ServiceUnavailableError(APIError):
     status_code = 503
     error_type = "service_unavailable_error"

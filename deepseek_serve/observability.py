@@ -44,6 +44,7 @@ class RequestInfo:
     key_name: str | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    abort_reason: str | None = None  # why its engine work was ended early, when known
 
 
 _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(

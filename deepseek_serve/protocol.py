@@ -95,12 +95,33 @@ class SamplingFields(_Strict):
 PromptInput = str | list[str] | list[NonNegInt] | list[list[NonNegInt]]
 
 
+def _one_line(value: str | None) -> str | None:
+    if value is not None and ("\n" in value or "\r" in value):
+        raise ValueError("a filename must be a single line")
+    return value
+
+
+class ContextFile(_Strict):
+    """Another file of the repository, for repository-level completion (extension)."""
+
+    filename: str = Field(min_length=1, max_length=4096)
+    text: str
+
+    _filename = field_validator("filename")(_one_line)
+
+
 class CompletionRequest(SamplingFields):
     prompt: PromptInput
     suffix: str | None = None
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     best_of: int | None = Field(None, ge=1, le=128)
+    # extensions: repository context (packed into the window) and editor sessions
+    input_extra: list[ContextFile] | None = Field(None, max_length=1024)
+    filename: str | None = Field(None, min_length=1, max_length=4096)
+    session_id: str | None = None
+
+    _filename = field_validator("filename")(_one_line)
 
     @field_validator("prompt")
     @classmethod
@@ -115,7 +136,18 @@ class CompletionRequest(SamplingFields):
             raise InvalidRequestError("best_of other than n is not supported", param="best_of")
         if self.suffix is not None and self.echo:
             raise InvalidRequestError("echo cannot be combined with suffix", param="echo")
+        if (self.input_extra is not None or self.filename is not None) and (
+            not isinstance(self.prompt, str) or self.echo
+        ):
+            raise InvalidRequestError(
+                "input_extra and filename need a single text prompt and no echo",
+                param="input_extra" if self.input_extra is not None else "filename",
+            )
         return self
+
+    @property
+    def repository_context(self) -> bool:
+        return self.input_extra is not None or self.filename is not None
 
 
 class TextPart(_Strict):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from deepseek_serve.auth import KeyRing
+from deepseek_serve.context import PieceCache
 from deepseek_serve.engine import Engine
 from deepseek_serve.errors import (
     EngineDeadError,
@@ -19,6 +20,7 @@ from deepseek_serve.errors import (
 from deepseek_serve.observability import Metrics
 from deepseek_serve.prompts import PromptBuilder
 from deepseek_serve.quotas import Quotas
+from deepseek_serve.sessions import SessionRegistry
 from deepseek_serve.settings import Settings
 from deepseek_serve.tokenizer import PromptTokenizer
 from deepseek_serve.tracking import TrackedEngine
@@ -37,6 +39,8 @@ class ServerState:
     failed: BaseException | None = None
     draining: bool = False  # SIGTERM received: finishing what runs, refusing the rest
     in_flight: int = 0  # generation requests admitted and not yet answered
+    sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    context_cache: PieceCache = field(default_factory=PieceCache)  # other files' tokens
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine, tokenizer: PromptTokenizer) -> ServerState:

@@ -85,7 +85,8 @@ class TrackedEngine:
             self._running.discard(request_id)
             why = self._ending.pop(request_id, None)
             if not finished:
-                m.aborted.labels(why or reason).inc()
+                known = info.abort_reason if info is not None else None
+                m.aborted.labels(why or known or reason).inc()
             m.generation_tokens.labels(route).inc(generated)
             if info is not None:
                 info.generated_tokens += generated

@@ -84,13 +84,15 @@ class FakeEngine:
                     token = self._choose(rngs[i], step)
                     text = self.tokenizer.decode([token])
                     finish = None
+                    reason: int | str | None = None
                     if token in options.stop_token_ids:
-                        text, finish = "", "stop"
+                        text, finish, reason = "", "stop", token
                     else:
                         combined = texts[i] + text
-                        hit = [combined.find(s) for s in options.stop if s in combined]
+                        hit = [(combined.find(s), s) for s in options.stop if s in combined]
                         if hit:
-                            text, finish = combined[: min(hit)][len(texts[i]) :], "stop"
+                            at, reason = min(hit)
+                            text, finish = combined[:at][len(texts[i]) :], "stop"
                     if finish is None and step == options.max_tokens - 1:
                         finish = "length"
                     texts[i] += text
@@ -102,7 +104,7 @@ class FakeEngine:
                             for j, t in enumerate(self.word_ids[: options.logprobs])
                         )
                         logprobs = [TokenLogprob(token, self.tokenizer.decode([token]), -1.5, top)]
-                    deltas.append(SequenceDelta(i, text, [token], logprobs, finish))
+                    deltas.append(SequenceDelta(i, text, [token], logprobs, finish, reason))
                 finished = all(done)
                 yield EngineOutput(sequences=deltas, finished=finished)
                 if finished:

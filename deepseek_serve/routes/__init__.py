@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from deepseek_serve.routes import chat, completions, system
+from deepseek_serve.routes import chat, completions, deploy, infill, system
 
 
 def all_routes() -> list[Route]:
-    return [*system.routes, *completions.routes, *chat.routes]
+    return [*system.routes, *completions.routes, *chat.routes, *infill.routes, *deploy.routes]

@@ -1,0 +1,108 @@
+"""The DeepSeek-Coder deployment guide's REST API: ``/api/v1/completion``, ``/insertion``,
+``/chat`` (shapes and the meaning of ``language`` in ``deploy_api.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from deepseek_serve.deploy_api import (
+    DEFAULT_MAX_TOKENS,
+    ApiChat,
+    ApiCompletion,
+    ApiInsertion,
+    GuideShape,
+    to_openai,
+)
+from deepseek_serve.formatting import ChatFormatter, CompletionFormatter
+from deepseek_serve.protocol import _to_invalid_request, parse_body
+from deepseek_serve.scheduling import request_priority
+from deepseek_serve.sessions import guarded, session_key
+from deepseek_serve.state import server_state
+from deepseek_serve.streaming import engine_outputs, respond
+
+
+async def completion(request: Request) -> Response:
+    return await _text(request, await parse_body(request, ApiCompletion), "cmpl", "text_completion")
+
+
+async def insertion(request: Request) -> Response:
+    return await _text(request, await parse_body(request, ApiInsertion), "ins", "text_insertion")
+
+
+async def _text(
+    request: Request, api: ApiCompletion | ApiInsertion, id_prefix: str, object_name: str
+) -> Response:
+    state = server_state(request)
+    state.check_model(api.model)
+    builder = state.ready_prompts()
+    key = session_key(request, api.session_id)
+    req = to_openai(api)
+    (prompt,) = builder.completion_prompts(req)
+    max_tokens = builder.max_tokens(len(prompt.token_ids), req.max_tokens, DEFAULT_MAX_TOKENS)
+    options = builder.sampling_options(
+        req, max_tokens=max_tokens, variant_stops=builder.variant.completion_stop_ids, logprobs=None
+    )
+    priority = request_priority(state.settings, 0, interactive=True)
+    options = dataclasses.replace(options, priority=priority)
+    request_id = f"{id_prefix}-{uuid.uuid4().hex}"
+    formatter = CompletionFormatter(
+        request_id=request_id,
+        created=int(time.time()),
+        model=state.model_name,
+        prompt_lens=[len(prompt.token_ids)],
+        n=1,
+        want_logprobs=False,
+    )
+    outputs = guarded(
+        state.sessions, key, engine_outputs(state.engine, request_id, [prompt.token_ids], options)
+    )
+    shape = GuideShape(formatter, object_name, object_name, request_id)
+    return await respond(request, shape, outputs, stream=req.stream)
+
+
+async def chat(request: Request) -> Response:
+    state = server_state(request)
+    api = await parse_body(request, ApiChat)
+    state.check_model(api.model)
+    builder = state.ready_prompts()
+    key = session_key(request, api.session_id)
+    try:
+        req = api.to_openai()
+    except ValidationError as exc:
+        raise _to_invalid_request(exc) from None
+    prompt = builder.chat_prompt(req)
+    max_tokens = min(
+        builder.max_tokens(len(prompt.token_ids), req.effective_max_tokens, None),
+        req.effective_max_tokens or DEFAULT_MAX_TOKENS,
+    )
+    options = builder.sampling_options(
+        req, max_tokens=max_tokens, variant_stops=builder.variant.chat_stop_ids, logprobs=None
+    )
+    request_id = f"chat-{uuid.uuid4().hex}"
+    formatter = ChatFormatter(
+        request_id=request_id,
+        created=int(time.time()),
+        model=state.model_name,
+        prompt_lens=[len(prompt.token_ids)],
+        n=1,
+        want_logprobs=False,
+    )
+    outputs = guarded(
+        state.sessions, key, engine_outputs(state.engine, request_id, [prompt.token_ids], options)
+    )
+    shape = GuideShape(formatter, "chat.completion", "chat.completion.chunk", request_id)
+    return await respond(request, shape, outputs, stream=req.stream)
+
+
+routes = [
+    Route("/api/v1/completion", completion, methods=["POST"]),
+    Route("/api/v1/insertion", insertion, methods=["POST"]),
+    Route("/api/v1/chat", chat, methods=["POST"]),
+]
