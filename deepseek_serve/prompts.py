@@ -141,6 +141,7 @@ class PromptBuilder:
             logit_bias=bias,
             min_tokens=req.min_tokens,
             priority=req.priority,
+            session=req.user,
         )
 
 

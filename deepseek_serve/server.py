@@ -98,7 +98,13 @@ def serve(settings: Settings) -> int:
         logger.log(logging.WARNING if problem else logging.INFO, "tokenizer: %s", note)
     logger.info("variant: %s", setup.variant.describe())
 
-    engine = VLLMEngine(settings, model.engine_model, str(setup.tokenizer_dir))
+    engine: Engine
+    if settings.replicas:
+        from deepseek_serve.ray_engine import RayEngine
+
+        engine = RayEngine(settings, model.engine_model, str(setup.tokenizer_dir))
+    else:
+        engine = VLLMEngine(settings, model.engine_model, str(setup.tokenizer_dir))
     exit_code = 0
     server: uvicorn.Server | None = None
 

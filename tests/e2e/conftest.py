@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +91,12 @@ def server_command(root: Path, model: Path, name: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def start_server(root: Path, model: Path, name: str) -> Iterator[LiveServer]:
+def start_server(
+    root: Path, model: Path, name: str, extra_args: Sequence[str] = ()
+) -> Iterator[LiveServer]:
     port = free_port()
     log_path = root / "server.log"
-    cmd = server_command(root, model, name, port)
+    cmd = [*server_command(root, model, name, port), *extra_args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     live = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, model)
