@@ -11,7 +11,7 @@ COPY pyproject.toml README.md ./
 COPY deepseek_serve ./deepseek_serve
 COPY configs ./configs
 # vllm is already in the base image at the pinned version; this adds only our thin layer.
-RUN python3 -m pip install --no-cache-dir ".[cuda]" \
+RUN python3 -m pip install --no-cache-dir ".[cuda,ray]" \
     && useradd --create-home --uid 10001 serve
 
 USER serve

@@ -79,12 +79,13 @@ def ttft(url: str, n: int) -> list[float]:
             body["stream"] = True
             t = time.perf_counter()
             with http.stream("POST", f"{url}/v1/completions", json=body) as r:
-                for line in r.iter_lines():
+                lines = r.iter_lines()
+                for line in lines:
                     if line.startswith("data: {"):
                         if i >= 3:  # warm-up
                             out.append(time.perf_counter() - t)
                         break
-                for _ in r.iter_lines():
+                for _ in lines:
                     pass
     return out
 

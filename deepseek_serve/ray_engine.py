@@ -54,6 +54,13 @@ class EngineReplica:
     async def __init__(  # type: ignore[misc]  # Ray actors may have an async constructor
         self, settings: Settings, model_path: str, tokenizer_path: str
     ) -> None:
+        if settings.tensor_parallel_size > 1 and "distributed_executor_backend" not in (
+            settings.engine_args
+        ):
+            # The TP workers are this actor's child processes on its GPUs (all in its placement
+            # group bundle, so on one node); vLLM would otherwise pick its Ray executor here.
+            engine_args = {**settings.engine_args, "distributed_executor_backend": "mp"}
+            settings = settings.model_copy(update={"engine_args": engine_args})
         self.engine = VLLMEngine(settings, model_path, tokenizer_path)
         await self.engine.start()
         # What this replica served, for the routing tests and the prefix-cache benchmark.
@@ -90,6 +97,7 @@ class EngineReplica:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "engine_pids": [p.pid for p in psutil.Process().children(recursive=True)],
+            "unfinished": self.engine.num_unfinished_requests(),
             "served": self.served,
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,

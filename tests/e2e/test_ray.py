@@ -160,6 +160,23 @@ def test_unrelated_requests_spread_over_both_replicas(
     assert sum(spread) == 16 and spread[0] > 0, spread
 
 
+def test_a_client_that_leaves_aborts_the_request_on_its_replica(ray_server: RayServer) -> None:
+    body = {"model": NAME, "prompt": "long", "max_tokens": 3000, "stream": True}
+    body |= {"ignore_eos": True}
+    url = f"{ray_server.live.base_url}/v1/completions"
+    with httpx.stream("POST", url, json=body, timeout=60) as stream:
+        lines = (line for line in stream.iter_lines() if line)
+        next(lines), next(lines)
+        busy = sum(info["unfinished"] for info in ray_server.replicas().values())
+        assert busy == 1
+    # Left after two chunks: the replica's engine drops it long before 3000 tokens.
+    deadline = time.monotonic() + 5
+    while sum(info["unfinished"] for info in ray_server.replicas().values()):
+        assert time.monotonic() < deadline, "the replica still runs the abandoned request"
+        time.sleep(0.05)
+    assert ray_server.health()["requests_in_engine"] == 0
+
+
 @dataclass
 class Traffic:
     """Short completions sent back to back from a thread, with when each started."""
