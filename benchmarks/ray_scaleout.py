@@ -9,6 +9,8 @@
 Runs a private Ray cluster on this machine (its own temp dir and ports) and the tiny demo model:
 
     .venv/bin/python benchmarks/ray_scaleout.py [--requests 40] [--files 8] [--rounds 6]
+
+(part 2 also runs twice the files with half the visits each).
 """
 
 from __future__ import annotations
@@ -132,24 +134,36 @@ def editor_traffic(url: str, sources: list[str], rounds: int, seed: int) -> None
         t.join()
 
 
-def replica_counters(address: str, url: str, model: Path) -> list[dict[str, Any]]:
+@contextmanager
+def replica_counters(address: str, url: str, model: Path) -> Iterator[Any]:
+    """A function returning the summed ``EngineReplica.describe`` counters of both replicas."""
     import ray
     from ray import serve
+    from ray.serve import context
 
     ray.init(address=address, log_to_driver=False)
     try:
         port = int(url.rsplit(":", 1)[1])
         name = app_name(Settings(served_model_name=NAME, model=str(model), port=port))
         handle = serve.get_deployment_handle(DEPLOYMENT, app_name=name)
-        seen: dict[str, dict[str, Any]] = {}
-        for _ in range(100):
-            info = handle.describe.remote().result(timeout_s=30)
-            seen[info["replica"]] = info
-            if len(seen) == 2:
-                break
-        return list(seen.values())
+
+        def read() -> dict[str, Any]:
+            seen: dict[str, dict[str, Any]] = {}
+            for _ in range(100):
+                info = handle.describe.remote().result(timeout_s=30)
+                seen[info["replica"]] = info
+                if len(seen) == 2:
+                    break
+            return {
+                "prompt": sum(i["prompt_tokens"] for i in seen.values()),
+                "cached": sum(i["cached_tokens"] for i in seen.values()),
+                "served": [seen[k]["served"] for k in sorted(seen)],
+            }
+
+        yield read
     finally:
         ray.shutdown()
+        context._set_global_client(None)  # Serve's client of this cluster; the next is another
 
 
 def summary(xs: list[float]) -> str:
@@ -166,7 +180,6 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     model = build_demo_model("demo", work / "tiny-coder")
-    sources = files(args.files, random.Random(0))
 
     print("1. time to first token, sequential streamed completions")
     with server(model, work) as url:
@@ -181,23 +194,30 @@ def main() -> None:
     added = statistics.median(via_ray) - statistics.median(single)
     print(f"  added by the Ray path (median): {1000 * added:+.1f} ms")
 
-    print(f"2. prefix cache, 2 replicas, {args.files} files x {args.rounds} rounds of FIM")
+    workloads = [(args.files, args.rounds), (2 * args.files, max(1, args.rounds // 2))]
+    print("2. prefix cache, 2 replicas, FIM completions in F files, R visits per file")
     for flag in ("--route-affinity", "--no-route-affinity"):
         with local_cluster(free_port(), nodes=2, cpus_per_node=1) as cluster:
             extra = ("--replicas", "2", "--ray-address", cluster.address, flag)
-            with server(model, work, *extra) as url:
-                t = time.perf_counter()
-                editor_traffic(url, sources, args.rounds, seed=1)
-                elapsed = time.perf_counter() - t
-                counters = replica_counters(cluster.address, url, model)
-        prompt = sum(c["prompt_tokens"] for c in counters)
-        cached = sum(c["cached_tokens"] for c in counters)
-        per_replica = sorted(c["served"] for c in counters)
-        print(
-            f"  {flag:20s} hit rate {100 * cached / max(prompt, 1):5.1f}% "
-            f"({cached}/{prompt} prompt tokens cached), requests per replica {per_replica}, "
-            f"{elapsed:.1f} s"
-        )
+            with (
+                server(model, work, *extra) as url,
+                replica_counters(cluster.address, url, model) as read,
+            ):
+                for seed, (n_files, rounds) in enumerate(workloads):
+                    sources = files(n_files, random.Random(seed))  # fresh code each workload
+                    before = read()
+                    editor_traffic(url, sources, rounds, seed=seed)
+                    after = read()
+                    prompt = after["prompt"] - before["prompt"]
+                    cached = after["cached"] - before["cached"]
+                    per_replica = [
+                        a - b for a, b in zip(after["served"], before["served"], strict=True)
+                    ]
+                    print(
+                        f"  {flag:20s} F={n_files:2d} R={rounds}: hit rate "
+                        f"{100 * cached / max(prompt, 1):5.1f}% ({cached}/{prompt} prompt "
+                        f"tokens cached), requests per replica {sorted(per_replica)}"
+                    )
 
 
 if __name__ == "__main__":
