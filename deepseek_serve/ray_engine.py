@@ -107,6 +107,15 @@ class EngineReplica:
         await self.engine.shutdown()
 
 
+def ray_missing() -> str | None:
+    """Why ``--replicas`` cannot run here, if it cannot."""
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError as exc:
+        return f"--replicas runs on Ray Serve; install the 'ray' extra ({exc})"
+    return None
+
+
 def app_name(settings: Settings) -> str:
     """One Serve application per front server (model name and port)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"deepseek_serve-{settings.model_name}-{settings.port}")

@@ -100,8 +100,10 @@ def serve(settings: Settings) -> int:
 
     engine: Engine
     if settings.replicas:
-        from deepseek_serve.ray_engine import RayEngine
+        from deepseek_serve.ray_engine import RayEngine, ray_missing
 
+        if missing := ray_missing():
+            raise StartupError(missing)
         engine = RayEngine(settings, model.engine_model, str(setup.tokenizer_dir))
     else:
         engine = VLLMEngine(settings, model.engine_model, str(setup.tokenizer_dir))
