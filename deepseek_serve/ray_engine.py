@@ -107,8 +107,16 @@ class EngineReplica:
         await self.engine.shutdown()
 
 
+def _quiet_ray_signals() -> None:
+    """Ray's C++ failure-signal handler turns uvicorn's graceful SIGTERM into an abort (and a
+    local Ray instance is then never shut down); this process's signals belong to uvicorn. Ray
+    reads the switch when it is first imported."""
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
+
 def ray_missing() -> str | None:
-    """Why ``--replicas`` cannot run here, if it cannot."""
+    """Why ``--replicas`` cannot run here, if it cannot (imports Ray for this process)."""
+    _quiet_ray_signals()
     try:
         import ray.serve  # noqa: F401
     except ImportError as exc:
@@ -196,15 +204,13 @@ class RayEngine:
         self.limits = await self._handle.limits.remote()
 
     def _deploy(self) -> DeploymentHandle[Any]:
+        _quiet_ray_signals()
         import ray
         from ray import serve
 
         from deepseek_serve.ray_router import AffinityRouter  # noqa: F401  (importable here)
 
         if not ray.is_initialized():
-            # Ray's C++ failure-signal handler turns uvicorn's graceful SIGTERM into an abort;
-            # this process's signals belong to uvicorn.
-            os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
             self._owns_ray = self.settings.ray_address is None
             ray.init(address=self.settings.ray_address, log_to_driver=False)
         serve.start(proxy_location="Disabled")
