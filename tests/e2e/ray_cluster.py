@@ -8,12 +8,14 @@ machine is touched (never ``ray stop``: it kills every Ray process of the user).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psutil
 from ray.cluster_utils import Cluster
 
 from tests.e2e.conftest import free_port
@@ -32,6 +34,8 @@ def local_cluster(port: int, nodes: int = 2, cpus_per_node: int = 1) -> Iterator
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     cluster = Cluster(initialize_head=False, shutdown_at_exit=True)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
     try:
         for i in range(nodes):
             args: dict[str, object] = {
@@ -51,9 +55,16 @@ def local_cluster(port: int, nodes: int = 2, cpus_per_node: int = 1) -> Iterator
         yield cluster
     finally:
         # Not Cluster.shutdown: its graceful drain waits 30 s per node for nothing here.
+        ours = [p for p in me.children(recursive=True) if p.pid not in before]
         for node in [*cluster.worker_nodes, cluster.head_node]:
             if node is not None:
                 cluster.remove_node(node, allow_graceful=False)
+        # Agents the raylets started themselves are not stopped with them: stop what is left
+        # of the processes this cluster added below us.
+        _, alive = psutil.wait_procs(ours, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
