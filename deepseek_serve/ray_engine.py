@@ -19,12 +19,16 @@ Routing is ``ray_router.AffinityRouter`` (session / prefix affinity, else least-
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepseek_serve.engine import EngineOutput, ModelLimits, SamplingOptions, VLLMEngine
@@ -44,6 +48,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT = "EngineReplica"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "config.json",
+    "generation_config.json",
+)
 STATUS_TTL_S = 1.0  # /health asks the Serve controller at most this often
 RETRIES = 3  # a request that reached a dead replica before any output is sent elsewhere
 
@@ -52,8 +67,20 @@ class EngineReplica:
     """One vLLM engine in a Ray Serve replica actor (the class Serve instantiates)."""
 
     async def __init__(  # type: ignore[misc]  # Ray actors may have an async constructor
-        self, settings: Settings, model_path: str, tokenizer_path: str
+        self,
+        settings: Settings,
+        model_path: str,
+        tokenizer_path: str,
+        tokenizer_files: dict[str, bytes] | None = None,
     ) -> None:
+        if Path(model_path).is_absolute() and not Path(model_path).is_dir():
+            raise FileNotFoundError(
+                f"model directory {model_path} is not on this node: put it at the same path on "
+                "every node (e.g. a shared filesystem) or serve a hub id"
+            )
+        # The (possibly repaired) tokenizer lives in the front server's cache: nodes without
+        # that directory get a copy of its files.
+        tokenizer_path = local_tokenizer_dir(tokenizer_path, tokenizer_files or {})
         if settings.tensor_parallel_size > 1 and "distributed_executor_backend" not in (
             settings.engine_args
         ):
@@ -112,6 +139,31 @@ def _quiet_ray_signals() -> None:
     local Ray instance is then never shut down); this process's signals belong to uvicorn. Ray
     reads the switch when it is first imported."""
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
+
+def tokenizer_files(path: str) -> dict[str, bytes]:
+    """The tokenizer files of directory ``path`` (a few MB), for replicas on other nodes."""
+    root = Path(path)
+    return {name: (root / name).read_bytes() for name in TOKENIZER_FILES if (root / name).is_file()}
+
+
+def local_tokenizer_dir(path: str, files: dict[str, bytes]) -> str:
+    """``path`` if this node has it, else a copy of ``files`` in a content-named directory."""
+    if Path(path).is_dir() or not files:
+        return path
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name] + b"\0")
+    target = Path(tempfile.gettempdir()) / f"deepseek_serve-tokenizer-{digest.hexdigest()[:16]}"
+    if not (target / "tokenizer.json").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        try:
+            staging.rename(target)
+        except OSError:  # another replica on this node wrote the same copy first
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
 
 
 def ray_missing() -> str | None:
@@ -216,7 +268,11 @@ class RayEngine:
         serve.start(proxy_location="Disabled")
         deployment: Any = serve.deployment(EngineReplica)
         replica = deployment.options(**deployment_options(self.settings))
-        app = replica.bind(self.settings, self.model_path, self.tokenizer_path)
+        model = Path(self.model_path)
+        model_path = str(model.resolve()) if model.is_dir() else self.model_path
+        app = replica.bind(
+            self.settings, model_path, self.tokenizer_path, tokenizer_files(self.tokenizer_path)
+        )
         logger.info(
             "deploying %s: %s on Ray at %s",
             self.name,

@@ -3,6 +3,8 @@ without a cluster (the e2e tier runs them on a real one)."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,7 +14,12 @@ from ray import exceptions as ray_errors
 from deepseek_serve.cli import settings_from_argv
 from deepseek_serve.engine import SamplingOptions
 from deepseek_serve.errors import InvalidRequestError, ReplicaDiedError
-from deepseek_serve.ray_engine import _as_api_error, deployment_options
+from deepseek_serve.ray_engine import (
+    _as_api_error,
+    deployment_options,
+    local_tokenizer_dir,
+    tokenizer_files,
+)
 from deepseek_serve.ray_router import AffinityRouter, block_hashes
 from deepseek_serve.settings import Settings
 
@@ -117,3 +124,20 @@ async def test_router_without_affinity_is_least_loaded(router: AffinityRouter) -
     a, b = replica("a"), replica("b")
     router.on_request_routed(pending([1], session="s", rid="1"), "b", None)
     assert (await router.choose_replicas([a, b], pending([1], session="s")))[0] == [a]
+
+
+def test_replicas_on_nodes_without_the_tokenizer_dir_get_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's temp dir
+    src = tmp_path / "tok"
+    src.mkdir()
+    (src / "tokenizer.json").write_text('{"x": 1}')
+    (src / "tokenizer_config.json").write_text("{}")
+    (src / "model.safetensors").write_bytes(b"weights stay home")
+    files = tokenizer_files(str(src))
+    assert set(files) == {"tokenizer.json", "tokenizer_config.json"}
+    assert local_tokenizer_dir(str(src), files) == str(src)  # this node has it
+    copy = Path(local_tokenizer_dir(str(tmp_path / "elsewhere"), files))
+    assert copy.parent == tmp_path and (copy / "tokenizer.json").read_text() == '{"x": 1}'
+    assert local_tokenizer_dir(str(tmp_path / "elsewhere"), files) == str(copy)  # reused
