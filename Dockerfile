@@ -12,7 +12,7 @@ COPY deepseek_serve ./deepseek_serve
 COPY configs ./configs
 # vllm is already in the base image at the pinned version; this adds only our thin layer.
 # The cache directories exist (owned by serve) so that volumes mounted there are writable.
-RUN python3 -m pip install --no-cache-dir ".[cuda]" \
+RUN python3 -m pip install --no-cache-dir ".[cuda,ray]" \
     && useradd --create-home --uid 10001 serve \
     && mkdir -p /home/serve/.cache/huggingface /home/serve/.cache/deepseek_serve \
     && chown -R serve:serve /home/serve/.cache

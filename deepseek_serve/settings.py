@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -115,6 +115,42 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Any other vLLM engine argument, e.g. {'kv_cache_memory_bytes': 2e9}. "
         "CLI: --engine-arg KEY=VALUE (VALUE parsed as JSON when it can be).",
+    )
+
+    # --- scale-out: engine replicas on Ray Serve (needs the 'ray' extra) ---
+    replicas: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Engine replicas on Ray Serve, each with its own tensor_parallel_size GPUs "
+        "placed together; 0: one engine in this process, without Ray.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster for the replicas (e.g. 'head-node:6379'); "
+        "default: start a local Ray instance.",
+    )
+    min_replicas: int | None = Field(
+        None, ge=0, le=1024, description="Autoscaling: fewest replicas (set with max_replicas)."
+    )
+    max_replicas: int | None = Field(
+        None, ge=1, le=1024, description="Autoscaling: most replicas (set with min_replicas)."
+    )
+    target_requests_per_replica: int = Field(
+        16, ge=1, le=65536, description="Autoscaling: ongoing requests per replica to aim for."
+    )
+    replica_cpus: float = Field(1.0, gt=0.0, le=1024, description="CPUs Ray reserves per replica.")
+    replica_gpus: float | None = Field(
+        None,
+        ge=0.0,
+        le=64,
+        description="GPUs Ray reserves per replica, on one node; default: tensor_parallel_size "
+        "(the CPU backend sets 0).",
+    )
+    route_affinity: bool = Field(
+        True,
+        description="Route a session's (the 'user' field) and a file's (shared prompt prefix) "
+        "requests to the same replica, for vLLM's prefix cache; off: least-loaded only.",
     )
 
     # --- HTTP server ---
@@ -232,6 +268,22 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a rate limit like '100/hour': {value!r}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _autoscaling(self) -> Settings:
+        bounds = (self.min_replicas, self.max_replicas)
+        if bounds.count(None) == 1:
+            raise ValueError("min_replicas and max_replicas are set together")
+        if self.min_replicas is not None and self.max_replicas is not None:
+            if self.min_replicas > self.max_replicas:
+                raise ValueError("min_replicas exceeds max_replicas")
+            if self.replicas == 0:  # autoscaling runs on Ray: start at the minimum
+                self.replicas = max(1, self.min_replicas)
+            if not self.min_replicas <= self.replicas <= self.max_replicas:
+                raise ValueError(
+                    "replicas (the initial count) must lie in [min_replicas, max_replicas]"
+                )
+        return self
 
     @property
     def model_name(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,9 +28,17 @@ async def health(request: Request) -> JSONResponse:
         await state.engine.check_health()
     except APIError:
         return JSONResponse({"status": "engine_dead"}, status_code=503)
-    return JSONResponse(
-        {"status": "ok", "requests_in_engine": state.engine.num_unfinished_requests()}
-    )
+    body: dict[str, Any] = {
+        "status": "ok",
+        "requests_in_engine": state.engine.num_unfinished_requests(),
+    }
+    capacity = getattr(state.engine.inner, "capacity", None)  # replicas (scale-out on Ray)
+    if capacity is not None:
+        replicas = await capacity()
+        body["replicas"] = {"running": replicas.running, "desired": replicas.desired}
+        if replicas.degraded:
+            body["status"] = "degraded"  # still serving, below the capacity asked for
+    return JSONResponse(body)
 
 
 async def metrics(request: Request) -> Response:

@@ -1,0 +1,73 @@
+"""A real multi-node Ray cluster on this machine, private to the test run.
+
+Two Ray nodes (head + worker), each with one CPU, so two one-CPU engine replicas must land on
+different nodes. Every Ray process is a child of this process and is stopped by
+``Cluster.shutdown``; the temp dir and the GCS port are our own, so no other Ray instance on the
+machine is touched (never ``ray stop``: it kills every Ray process of the user).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+from ray.cluster_utils import Cluster
+
+from tests.e2e.conftest import free_port
+
+# The raylet reaps the children of a worker that dies, so a killed replica does not leave its
+# vLLM engine-core process behind.
+SUBREAPER = "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper"
+
+
+@contextmanager
+def local_cluster(port: int, nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Cluster]:
+    # Short path: Ray puts unix sockets under it (107-byte limit).
+    temp_dir = tempfile.mkdtemp(prefix="dsray-")
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    env = {SUBREAPER: "true", "RAY_TMPDIR": temp_dir}  # RAY_TMPDIR: Ray's address file too
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    cluster = Cluster(initialize_head=False, shutdown_at_exit=True)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    try:
+        for i in range(nodes):
+            args: dict[str, object] = {
+                "num_cpus": cpus_per_node,
+                "resources": {f"test_node_{i}": 1},
+                "object_store_memory": 80 * 1024 * 1024,
+            }
+            if i == 0:
+                args.update(
+                    gcs_server_port=port,
+                    temp_dir=os.path.join(temp_dir, "ray"),
+                    include_dashboard=False,
+                    dashboard_agent_listen_port=free_port(),
+                )
+            cluster.add_node(**args)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        # Not Cluster.shutdown: its graceful drain waits 30 s per node for nothing here.
+        ours = [p for p in me.children(recursive=True) if p.pid not in before]
+        for node in [*cluster.worker_nodes, cluster.head_node]:
+            if node is not None:
+                cluster.remove_node(node, allow_graceful=False)
+        # Agents the raylets started themselves are not stopped with them: stop what is left
+        # of the processes this cluster added below us.
+        _, alive = psutil.wait_procs(ours, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(temp_dir, ignore_errors=True)

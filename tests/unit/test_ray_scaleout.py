@@ -1,0 +1,143 @@
+"""Scale-out settings, Serve deployment options, the affinity router and Ray error mapping,
+without a cluster (the e2e tier runs them on a real one)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from ray import exceptions as ray_errors
+
+from deepseek_serve.cli import settings_from_argv
+from deepseek_serve.engine import SamplingOptions
+from deepseek_serve.errors import InvalidRequestError, ReplicaDiedError
+from deepseek_serve.ray_engine import (
+    _as_api_error,
+    deployment_options,
+    local_tokenizer_dir,
+    tokenizer_files,
+)
+from deepseek_serve.ray_router import AffinityRouter, block_hashes
+from deepseek_serve.settings import Settings
+
+
+def test_replica_flags_and_autoscaling_bounds() -> None:
+    s = settings_from_argv(["--replicas", "3", "--ray-address", "head:6379", "--no-route-affinity"])
+    assert (s.replicas, s.ray_address, s.route_affinity) == (3, "head:6379", False)
+    s = settings_from_argv(["--min-replicas", "1", "--max-replicas", "4"])
+    assert s.replicas == 1  # autoscaling starts at the minimum
+    with pytest.raises(SystemExit, match="min_replicas and max_replicas"):
+        settings_from_argv(["--max-replicas", "4"])
+    with pytest.raises(SystemExit, match="exceeds"):
+        settings_from_argv(["--min-replicas", "5", "--max-replicas", "4"])
+    with pytest.raises(SystemExit, match="replicas"):
+        settings_from_argv(["--replicas", "-1"])
+
+
+def test_each_replica_reserves_its_tp_gpus_together() -> None:
+    opts = deployment_options(Settings(replicas=2, tensor_parallel_size=4))
+    assert opts["num_replicas"] == 2
+    assert opts["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 4.0}]
+    assert opts["placement_group_strategy"] == "STRICT_PACK"  # one node per replica
+    assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 4.0}
+    assert opts["request_router_config"]["request_router_kwargs"] == {"affinity": True}
+    cpu = deployment_options(Settings(replicas=1, replica_gpus=0, replica_cpus=2))
+    assert cpu["placement_group_bundles"] == [{"CPU": 2.0}]
+    auto = deployment_options(Settings(min_replicas=2, max_replicas=8, replicas=3))
+    assert "num_replicas" not in auto
+    assert auto["autoscaling_config"] == {
+        "min_replicas": 2,
+        "max_replicas": 8,
+        "initial_replicas": 3,
+        "target_ongoing_requests": 16,
+    }
+
+
+def test_ray_failures_become_api_errors() -> None:
+    assert isinstance(_as_api_error(ray_errors.ActorDiedError()), ReplicaDiedError)
+    refused = InvalidRequestError("bad", param="x")
+    wrapped = ray_errors.RayTaskError("generate", "tb", refused)
+    assert _as_api_error(wrapped) is refused
+    assert _as_api_error(RuntimeError("boom")).status_code == 500
+
+
+def test_block_hashes_name_prefixes() -> None:
+    a = block_hashes(list(range(40)), 16, 100)
+    b = block_hashes([*range(32), 99, 98], 16, 100)
+    assert len(a) == 2 and a == b  # 40 tokens: two full blocks; the tail is not hashed
+    assert block_hashes([7, *range(1, 40)], 16, 100)[1] != a[1]  # chained: the head counts
+
+
+@pytest.fixture
+def router() -> AffinityRouter:
+    r = AffinityRouter.__new__(AffinityRouter)  # the state only; Serve builds the rest
+    r.initialize_state(block=4, min_match=0.5, imbalance=2)
+    return r
+
+
+def replica(name: str) -> Any:
+    return SimpleNamespace(replica_id=name)
+
+
+def pending(ids: list[int], session: str | None = None, rid: str = "r") -> Any:
+    return SimpleNamespace(
+        args=["req", ids, SamplingOptions(max_tokens=1, session=session)],
+        metadata=SimpleNamespace(internal_request_id=rid),
+        routing_context=SimpleNamespace(should_backoff=False),
+    )
+
+
+async def test_router_prefers_the_replica_with_the_prefix(router: AffinityRouter) -> None:
+    a, b = replica("a"), replica("b")
+    file_a = list(range(100, 140))
+    router.on_request_routed(pending(file_a, rid="1"), "a", None)
+    router.on_request_completed("a", "1")
+    ranks = await router.choose_replicas([a, b], pending([*file_a[:36], 1, 2, 3, 4]))
+    assert ranks[0] == [a]  # 36 of 40 tokens known on a
+    # Only 8 of 40 tokens known (< min_match): least-loaded, both idle, so either one.
+    firsts = set()
+    for _ in range(40):
+        ranks = await router.choose_replicas([a, b], pending([*file_a[:8], *range(32)]))
+        firsts.add(ranks[0][0].replica_id)
+    assert firsts == {"a", "b"}
+
+
+async def test_router_keeps_sessions_and_yields_to_load(router: AffinityRouter) -> None:
+    a, b = replica("a"), replica("b")
+    router.on_request_routed(pending([1], session="s", rid="1"), "b", None)
+    assert (await router.choose_replicas([a, b], pending([9], session="s")))[0] == [b]
+    for i in range(3):  # b now runs 4 requests, a none: beyond the imbalance allowed
+        router.on_request_routed(pending([i], rid=f"x{i}"), "b", None)
+    assert (await router.choose_replicas([a, b], pending([9], session="s")))[0] == [a]
+    router.on_request_completed("b", "x0")
+    router.on_request_completed("b", "x1")
+    assert (await router.choose_replicas([a, b], pending([9], session="s")))[0] == [b]
+    router._forget({"b"})  # the replica died: its sessions and prefixes go with it
+    assert router.preferred([9], "s") is None
+
+
+async def test_router_without_affinity_is_least_loaded(router: AffinityRouter) -> None:
+    router.affinity = False
+    a, b = replica("a"), replica("b")
+    router.on_request_routed(pending([1], session="s", rid="1"), "b", None)
+    assert (await router.choose_replicas([a, b], pending([1], session="s")))[0] == [a]
+
+
+def test_replicas_on_nodes_without_the_tokenizer_dir_get_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's temp dir
+    src = tmp_path / "tok"
+    src.mkdir()
+    (src / "tokenizer.json").write_text('{"x": 1}')
+    (src / "tokenizer_config.json").write_text("{}")
+    (src / "model.safetensors").write_bytes(b"weights stay home")
+    files = tokenizer_files(str(src))
+    assert set(files) == {"tokenizer.json", "tokenizer_config.json"}
+    assert local_tokenizer_dir(str(src), files) == str(src)  # this node has it
+    copy = Path(local_tokenizer_dir(str(tmp_path / "elsewhere"), files))
+    assert copy.parent == tmp_path and (copy / "tokenizer.json").read_text() == '{"x": 1}'
+    assert local_tokenizer_dir(str(tmp_path / "elsewhere"), files) == str(copy)  # reused
