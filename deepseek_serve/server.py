@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from deepseek_serve.app import create_app
 from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, demo_dir, is_demo_dir
@@ -84,6 +85,17 @@ def engine_tokenizer_check(setup: TokenizerSetup) -> Callable[[Engine], None]:
     return check
 
 
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """How ``deepseek-serve`` runs an app (the benchmarks' instant-engine server reuses it)."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )
+
+
 def serve(settings: Settings) -> int:
     model = resolve_model(settings)
     if model.is_demo:
@@ -115,13 +127,6 @@ def serve(settings: Settings) -> int:
         post_start_check=engine_tokenizer_check(setup),
         on_fatal=fatal,
     )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, settings))
     server.run()
     return exit_code or (0 if server.started else 1)
