@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks.metrics import compute_metrics, parse_goodput
 from benchmarks.report import format_compare, markdown, plot, save_json, summary
-from benchmarks.servers import STARTABLE, RunningServer, ServerOptions, start, wait_ready
+from benchmarks.servers import STARTABLE, VLLM_CPU_ARGS, RunningServer, ServerOptions, start, wait_ready
 from benchmarks.workloads import CHAT, WORKLOADS, BenchRequest, WorkloadSpec, build_workload
 
 
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--served-model-name", default="demo")
     s.add_argument("--ours-config", help="deepseek-serve --config (default: configs/cpu.yaml).")
     s.add_argument("--ours-args", default="", help="More deepseek-serve flags (one string).")
-    s.add_argument("--vllm-args", default=ServerOptions.vllm_args,
+    s.add_argument("--vllm-args", default=VLLM_CPU_ARGS,
                    help="vLLM api_server flags besides --model/--port (one string).")  # fmt: skip
     s.add_argument("--pin", nargs="+", default=[], metavar="NAME=CPUS",
                    help="taskset a started server, e.g. ours=0 vllm=1.")  # fmt: skip

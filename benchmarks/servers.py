@@ -22,6 +22,8 @@ import urllib.error
 import urllib.request
 
 STARTABLE = ("ours", "vllm", "instant", "starlette")
+# vLLM's server on CPU, configured as configs/cpu.yaml configures ours.
+VLLM_CPU_ARGS = "--enforce-eager --max-model-len 4096 --gpu-memory-utilization 0.3 --dtype bfloat16"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,9 +33,7 @@ class ServerOptions:
     served_name: str = "demo"
     ours_config: str | None = None  # default: configs/cpu.yaml when present
     ours_args: str = ""
-    vllm_args: str = (
-        "--enforce-eager --max-model-len 4096 --gpu-memory-utilization 0.3 --dtype bfloat16"
-    )
+    vllm_args: str = VLLM_CPU_ARGS
     cpus: dict[str, str] = field(default_factory=dict)  # target name -> taskset cpu list
     log_dir: Path = Path(".")
     start_timeout: float = 600.0

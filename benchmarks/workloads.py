@@ -193,14 +193,18 @@ def fim_prompt(
     budget: int,
     suffix_budget: int,
 ) -> tuple[str, str]:
-    """``(prefix, suffix)``: other files under ``#path`` headers, then the target file up to the
-    cursor; about ``budget`` tokens of prefix in all (the text nearest the cursor is kept)."""
+    """``(prefix, suffix)``: other files under ``#path`` headers, then the target file's header and
+    its text up to the cursor; about ``budget`` tokens of prefix in all (the target's text nearest
+    the cursor first, then as much of the other files as fits)."""
     path, text = files[target]
-    own = f"#{path}\n" + text[:cursor]
+    header = f"#{path}\n"
+    room = budget - len(tokenizer.encode(header, add_special_tokens=False))
+    own = _tail_tokens(tokenizer, text[:cursor], room)
+    room -= len(tokenizer.encode(own, add_special_tokens=False))
     context_parts = [f"#{p}\n{t}\n" for i, (p, t) in enumerate(files) if i != target]
-    prefix = _tail_tokens(tokenizer, "".join(context_parts) + own, budget)
+    context = _tail_tokens(tokenizer, "".join(context_parts), room)
     suffix = _head_tokens(tokenizer, text[cursor:], suffix_budget)
-    return prefix, suffix
+    return context + header + own, suffix
 
 
 def _fim_body(prefix: str, suffix: str, max_tokens: int, use_suffix: bool) -> dict[str, Any]:
