@@ -59,7 +59,7 @@ def command(name: str, port: int, opts: ServerOptions) -> list[str]:
         if config is None and (REPO / "configs" / "cpu.yaml").is_file():
             config = str(REPO / "configs" / "cpu.yaml")
         cmd = [py, "-m", "deepseek_serve", "--model", opts.model, "--port", str(port)]
-        cmd += ["--served-model-name", opts.served_name, "--log-level", "warning"]
+        cmd += ["--served-model-name", opts.served_name]
         if config:
             cmd += ["--config", config]
         return cmd + shlex.split(opts.ours_args)
