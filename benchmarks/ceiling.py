@@ -55,9 +55,12 @@ class InstantEngine:
                 last = step == options.max_tokens - 1
                 deltas = [
                     SequenceDelta(
-                        i, self.texts[step % k], [self.token_ids[step % k]], None,
+                        i,
+                        self.texts[step % k],
+                        [self.token_ids[step % k]],
+                        None,
                         "length" if last else None,
-                    )  # fmt: skip
+                    )
                     for i in range(options.n)
                 ]
                 yield EngineOutput(deltas, finished=last)
@@ -80,16 +83,14 @@ class InstantEngine:
 def instant_app(served_name: str) -> Starlette:
     from deepseek_serve.app import create_app
     from deepseek_serve.demo import build_demo_model, default_cache_dir
-    from deepseek_serve.settings import Settings
+    from deepseek_serve.settings import load_settings
     from deepseek_serve.tokenizer import prepare_tokenizer
 
-    setup = prepare_tokenizer(
-        build_demo_model("demo"), work_dir=default_cache_dir() / "tokenizers"
-    )
+    setup = prepare_tokenizer(build_demo_model("demo"), work_dir=default_cache_dir() / "tokenizers")
     hf = setup.prompt_tokenizer.hf
     ids = [hf.encode(p, add_special_tokens=False)[0] for p in _PIECES]
-    texts = [hf.decode([i]) for i in ids]
-    settings = Settings(model="demo", served_model_name=served_name)
+    texts = [str(hf.decode([i])) for i in ids]
+    settings = load_settings({"model": "demo", "served_model_name": served_name})
     return create_app(settings, InstantEngine(ids, texts), setup.prompt_tokenizer)
 
 
@@ -108,17 +109,34 @@ def starlette_app(served_name: str) -> Starlette:
                 await asyncio.sleep(0)
                 last = step == n_tokens - 1
                 chunk = {
-                    "id": rid, "object": "text_completion", "created": created,
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
                     "model": served_name,
-                    "choices": [{"index": 0, "text": _PIECES[step % len(_PIECES)],
-                                 "logprobs": None, "finish_reason": "length" if last else None}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": _PIECES[step % len(_PIECES)],
+                            "logprobs": None,
+                            "finish_reason": "length" if last else None,
+                        }
+                    ],
                     "usage": None,
-                }  # fmt: skip
+                }
                 yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-            usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": n_tokens,
-                     "total_tokens": len(prompt) // 4 + n_tokens}  # fmt: skip
-            tail = {"id": rid, "object": "text_completion", "created": created,
-                    "model": served_name, "choices": [], "usage": usage}  # fmt: skip
+            usage = {
+                "prompt_tokens": len(prompt) // 4,
+                "completion_tokens": n_tokens,
+                "total_tokens": len(prompt) // 4 + n_tokens,
+            }
+            tail = {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": served_name,
+                "choices": [],
+                "usage": usage,
+            }
             yield b"data: " + json.dumps(tail).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
 
@@ -144,10 +162,10 @@ def main() -> None:
     import uvicorn
 
     from deepseek_serve.server import uvicorn_config
-    from deepseek_serve.settings import Settings
+    from deepseek_serve.settings import load_settings
 
     app = (instant_app if args.kind == "instant" else starlette_app)(args.served_model_name)
-    settings = Settings(model="demo", port=args.port, log_level="warning")
+    settings = load_settings({"model": "demo", "port": args.port, "log_level": "warning"})
     uvicorn.Server(uvicorn_config(app, settings)).run()
 
 

@@ -24,7 +24,14 @@ from typing import Any
 
 from benchmarks.metrics import compute_metrics, parse_goodput
 from benchmarks.report import format_compare, markdown, plot, save_json, summary
-from benchmarks.servers import STARTABLE, VLLM_CPU_ARGS, RunningServer, ServerOptions, start, wait_ready
+from benchmarks.servers import (
+    STARTABLE,
+    VLLM_CPU_ARGS,
+    RunningServer,
+    ServerOptions,
+    start,
+    wait_ready,
+)
 from benchmarks.workloads import CHAT, WORKLOADS, BenchRequest, WorkloadSpec, build_workload
 
 
@@ -37,68 +44,120 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t = p.add_argument_group("targets")
     t.add_argument("--base-url", help="Server to benchmark, e.g. http://127.0.0.1:8000.")
-    t.add_argument("--start-server", action="store_true",
-                   help="Start deepseek-serve (target 'ours') instead of using --base-url.")  # fmt: skip
-    t.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help=f"Two targets, run interleaved; each a URL or one of {', '.join(STARTABLE)} "
-                   "(started here). Ratios are A/B.")  # fmt: skip
+    t.add_argument(
+        "--start-server",
+        action="store_true",
+        help="Start deepseek-serve (target 'ours') instead of using --base-url.",
+    )
+    t.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help=f"Two targets, run interleaved; each a URL or one of {', '.join(STARTABLE)} "
+        "(started here). Ratios are A/B.",
+    )
     t.add_argument("--model", help="Model name to send (default: the target's first model).")
     t.add_argument("--label", help="Label of a single target in results (default: its URL).")
     w = p.add_argument_group("workload")
-    w.add_argument("--dataset-name", "--workload", dest="dataset_name", default="random",
-                   choices=WORKLOADS)  # fmt: skip
+    w.add_argument(
+        "--dataset-name", "--workload", dest="dataset_name", default="random", choices=WORKLOADS
+    )
     w.add_argument("--dataset-path", type=Path, help="JSONL file of request bodies (jsonl).")
-    w.add_argument("--repo-dir", type=Path,
-                   help="Source tree for chat/fim/editor (default: this package's).")  # fmt: skip
-    w.add_argument("--num-prompts", default="100",
-                   help="Requests per run; a comma list gives one per concurrency level.")  # fmt: skip
+    w.add_argument(
+        "--repo-dir", type=Path, help="Source tree for chat/fim/editor (default: this package's)."
+    )
+    w.add_argument(
+        "--num-prompts",
+        default="100",
+        help="Requests per run; a comma list gives one per concurrency level.",
+    )
     w.add_argument("--random-input-len", "--input-len", dest="input_len", type=int, default=1024)
     w.add_argument("--random-output-len", "--output-len", dest="output_len", type=int, default=128)
     w.add_argument("--random-range-ratio", dest="range_ratio", type=float, default=0.0)
     w.add_argument("--random-prefix-len", dest="prefix_len", type=int, default=0)
-    w.add_argument("--tokenizer", default="deepseek-coder",
-                   help="deepseek-coder, deepseek-coder-v2 or a tokenizer directory.")  # fmt: skip
-    w.add_argument("--fim-suffix", action="store_true",
-                   help="Send FIM as prompt+suffix (server renders) instead of raw FIM tokens.")  # fmt: skip
+    w.add_argument(
+        "--tokenizer",
+        default="deepseek-coder",
+        help="deepseek-coder, deepseek-coder-v2 or a tokenizer directory.",
+    )
+    w.add_argument(
+        "--fim-suffix",
+        action="store_true",
+        help="Send FIM as prompt+suffix (server renders) instead of raw FIM tokens.",
+    )
     w.add_argument("--chat-turns", type=int, default=2)
-    w.add_argument("--sessions", type=int,
-                   help="Editor sessions typing at once (default: --max-concurrency or 1).")  # fmt: skip
+    w.add_argument(
+        "--sessions",
+        type=int,
+        help="Editor sessions typing at once (default: --max-concurrency or 1).",
+    )
     w.add_argument("--keystroke-ms", type=float, default=120.0)
     w.add_argument("--pause-ms", type=float, default=800.0)
     w.add_argument("--ignore-eos", action="store_true", help="Send vLLM's ignore_eos extension.")
     w.add_argument("--extra-body", type=json.loads, default={}, help="JSON merged into bodies.")
     a = p.add_argument_group("arrivals")
-    a.add_argument("--request-rate", type=float, default=float("inf"),
-                   help="Requests per second (inf: all at once, capped by --max-concurrency).")  # fmt: skip
-    a.add_argument("--burstiness", type=float, default=1.0,
-                   help="Gamma shape of the gaps: 1 Poisson, <1 burstier, >1 steadier.")  # fmt: skip
-    a.add_argument("--max-concurrency", default=None,
-                   help="Most requests in flight; a comma list runs one level after another.")  # fmt: skip
+    a.add_argument(
+        "--request-rate",
+        type=float,
+        default=float("inf"),
+        help="Requests per second (inf: all at once, capped by --max-concurrency).",
+    )
+    a.add_argument(
+        "--burstiness",
+        type=float,
+        default=1.0,
+        help="Gamma shape of the gaps: 1 Poisson, <1 burstier, >1 steadier.",
+    )
+    a.add_argument(
+        "--max-concurrency",
+        default=None,
+        help="Most requests in flight; a comma list runs one level after another.",
+    )
     a.add_argument("--num-warmups", type=int, default=0, help="Warm-up requests per run.")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--rounds", type=int, default=4,
-                   help="--compare: alternating rounds per concurrency level.")  # fmt: skip
+    a.add_argument(
+        "--rounds", type=int, default=4, help="--compare: alternating rounds per concurrency level."
+    )
     m = p.add_argument_group("metrics and output")
     m.add_argument("--metric-percentiles", default="90,99")
-    m.add_argument("--goodput", nargs="+", default=[], metavar="METRIC:MS",
-                   help="SLOs for goodput, e.g. ttft:200 tpot:50 e2el:2000.")  # fmt: skip
+    m.add_argument(
+        "--goodput",
+        nargs="+",
+        default=[],
+        metavar="METRIC:MS",
+        help="SLOs for goodput, e.g. ttft:200 tpot:50 e2el:2000.",
+    )
     m.add_argument("--save-result", action="store_true", help="Write JSON, plots and report.md.")
     m.add_argument("--result-dir", type=Path, default=Path("bench-results"))
     m.add_argument("--result-filename", help="JSON file name of a single run.")
     m.add_argument("--no-plots", action="store_true")
-    m.add_argument("--save-detailed", action="store_true",
-                   help="Keep per-request lists (ttfts, itls, texts ...) in the JSON.")  # fmt: skip
+    m.add_argument(
+        "--save-detailed",
+        action="store_true",
+        help="Keep per-request lists (ttfts, itls, texts ...) in the JSON.",
+    )
     m.add_argument("--disable-tqdm", action="store_true")
     s = p.add_argument_group("servers started here")
-    s.add_argument("--server-model", default="demo",
-                   help="Checkpoint the started servers serve (demo: the tiny local one).")  # fmt: skip
+    s.add_argument(
+        "--server-model",
+        default="demo",
+        help="Checkpoint the started servers serve (demo: the tiny local one).",
+    )
     s.add_argument("--served-model-name", default="demo")
     s.add_argument("--ours-config", help="deepseek-serve --config (default: configs/cpu.yaml).")
     s.add_argument("--ours-args", default="", help="More deepseek-serve flags (one string).")
-    s.add_argument("--vllm-args", default=VLLM_CPU_ARGS,
-                   help="vLLM api_server flags besides --model/--port (one string).")  # fmt: skip
-    s.add_argument("--pin", nargs="+", default=[], metavar="NAME=CPUS",
-                   help="taskset a started server, e.g. ours=0 vllm=1.")  # fmt: skip
+    s.add_argument(
+        "--vllm-args",
+        default=VLLM_CPU_ARGS,
+        help="vLLM api_server flags besides --model/--port (one string).",
+    )
+    s.add_argument(
+        "--pin",
+        nargs="+",
+        default=[],
+        metavar="NAME=CPUS",
+        help="taskset a started server, e.g. ours=0 vllm=1.",
+    )
     return p
 
 
@@ -144,22 +203,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = []
     for level, count in zip(levels, counts, strict=True):
         spec = WorkloadSpec(
-            name=args.dataset_name, num_prompts=count, input_len=args.input_len,
-            output_len=args.output_len, range_ratio=args.range_ratio, prefix_len=args.prefix_len,
-            seed=args.seed, repo_dir=args.repo_dir, fim_suffix=args.fim_suffix,
-            chat_turns=args.chat_turns, sessions=args.sessions or level or 1,
-            keystroke_ms=args.keystroke_ms, pause_ms=args.pause_ms, jsonl_path=args.dataset_path,
-        )  # fmt: skip
+            name=args.dataset_name,
+            num_prompts=count,
+            input_len=args.input_len,
+            output_len=args.output_len,
+            range_ratio=args.range_ratio,
+            prefix_len=args.prefix_len,
+            seed=args.seed,
+            repo_dir=args.repo_dir,
+            fim_suffix=args.fim_suffix,
+            chat_turns=args.chat_turns,
+            sessions=args.sessions or level or 1,
+            keystroke_ms=args.keystroke_ms,
+            pause_ms=args.pause_ms,
+            jsonl_path=args.dataset_path,
+        )
         warm_spec = dataclasses.replace(spec, num_prompts=args.num_warmups, seed=args.seed + 1)
         warm = build_workload(warm_spec, tokenizer) if args.num_warmups else []
         workloads.append((level, build_workload(spec, tokenizer), warm))
 
     pins = dict(item.split("=", 1) for item in args.pin)
     opts = ServerOptions(
-        model=args.server_model, served_name=args.served_model_name,
-        ours_config=args.ours_config, ours_args=args.ours_args, vllm_args=args.vllm_args,
-        cpus=pins, log_dir=args.result_dir / "logs",
-    )  # fmt: skip
+        model=args.server_model,
+        served_name=args.served_model_name,
+        ours_config=args.ours_config,
+        ours_args=args.ours_args,
+        vllm_args=args.vllm_args,
+        cpus=pins,
+        log_dir=args.result_dir / "logs",
+    )
     started: list[RunningServer] = []
     try:
         urls = []
@@ -202,22 +274,24 @@ async def _run_all(
             targets.append(Target(label, url, model))
         for level, requests, warm in workloads:
             load = LoadSpec(
-                request_rate=args.request_rate, burstiness=args.burstiness, max_concurrency=level,
-                ignore_eos=args.ignore_eos, extra_body=args.extra_body, seed=args.seed,
-            )  # fmt: skip
+                request_rate=args.request_rate,
+                burstiness=args.burstiness,
+                max_concurrency=level,
+                ignore_eos=args.ignore_eos,
+                extra_body=args.extra_body,
+                seed=args.seed,
+            )
             for target in targets:
                 if warm:
                     await warm_up(session, target, warm, load)
             total = len(requests) * len(targets)
             bar = tqdm(total=total, disable=args.disable_tqdm, desc=f"concurrency {level or '-'}")
             if len(targets) == 1:
-                outcome = await run_once(session, targets[0], requests, load, lambda: bar.update())
+                outcome = await run_once(session, targets[0], requests, load, bar.update)
                 outcomes = [outcome]
                 ratios: list[float] = []
             else:
-                cmp = await run_compare(
-                    session, targets, requests, load, args.rounds, lambda: bar.update()
-                )
+                cmp = await run_compare(session, targets, requests, load, args.rounds, bar.update)
                 outcomes = cmp.per_target
                 thr = [
                     [tok / dur if dur else 0.0 for tok, dur in zip(tk, du, strict=True)]
@@ -228,9 +302,12 @@ async def _run_all(
             level_runs = []
             for target, outcome in zip(targets, outcomes, strict=True):
                 result = compute_metrics(
-                    outcome.outputs, outcome.duration, percentiles=percentiles,
-                    goodput_slos=slos, include_details=True,
-                )  # fmt: skip
+                    outcome.outputs,
+                    outcome.duration,
+                    percentiles=percentiles,
+                    goodput_slos=slos,
+                    include_details=True,
+                )
                 result.update(_run_info(args, target, requests, level))
                 if ratios and target is targets[0]:
                     result["round_output_throughput_ratios"] = ratios
@@ -240,7 +317,9 @@ async def _run_all(
                 table = format_compare(
                     level_runs[0], level_runs[1], (targets[0].label, targets[1].label), percentiles
                 )
-                print(f"\nInterleaved comparison, concurrency {level or '-'} ({args.rounds} rounds)")
+                print(
+                    f"\nInterleaved comparison, concurrency {level or '-'} ({args.rounds} rounds)"
+                )
                 print(table + "\n")
                 comparisons.append((level, table))
             runs.extend(level_runs)
@@ -280,8 +359,17 @@ def _output(
     stamp = runs[0]["date"] if runs else "run"
     command = "deepseek-serve bench " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
     plots = [] if args.no_plots else plot(runs, out, f"{args.dataset_name}-{stamp}")
-    detail_keys = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times",
-                   "queue_times", "generated_texts", "errors")  # fmt: skip
+    detail_keys = (
+        "input_lens",
+        "output_lens",
+        "ttfts",
+        "itls",
+        "latencies",
+        "start_times",
+        "queue_times",
+        "generated_texts",
+        "errors",
+    )
     for run in runs:
         data = dict(run)
         if not args.save_detailed:
@@ -289,7 +377,9 @@ def _output(
                 data.pop(key, None)
         name = args.result_filename if len(runs) == 1 and args.result_filename else None
         label = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(run["label"]))
-        name = name or f"{label}-{args.dataset_name}-concurrency{run['max_concurrency']}-{stamp}.json"
+        name = (
+            name or f"{label}-{args.dataset_name}-concurrency{run['max_concurrency']}-{stamp}.json"
+        )
         save_json(out / name, data)
     env = {
         "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),

@@ -59,7 +59,9 @@ class SSEParser:
         return events
 
 
-def payload(req: BenchRequest, model: str, ignore_eos: bool, extra: dict[str, Any]) -> dict[str, Any]:
+def payload(
+    req: BenchRequest, model: str, ignore_eos: bool, extra: dict[str, Any]
+) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, **req.body}
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}

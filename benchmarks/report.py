@@ -22,7 +22,9 @@ _HEADERS = {
 
 def summary(result: dict[str, Any], percentiles: Sequence[float], title: str = "") -> str:
     """vLLM's result layout, plus cancellations and failures by status."""
-    lines = ["{s:{c}^{n}}".format(s=f" Serving Benchmark Result {title}".rstrip() + " ", n=60, c="=")]
+    lines = [
+        "{s:{c}^{n}}".format(s=f" Serving Benchmark Result {title}".rstrip() + " ", n=60, c="=")
+    ]
 
     def row(label: str, value: Any, fmt: str = "") -> None:
         lines.append(f"{label:<44} {value:{fmt}}")
@@ -82,7 +84,8 @@ def compare_table(
     a: dict[str, Any], b: dict[str, Any], labels: tuple[str, str], percentiles: Sequence[float]
 ) -> list[tuple[str, float, float, float]]:
     return [
-        (label, a[key], b[key], ratio(a[key], b[key])) for key, label, _ in compare_rows(percentiles)
+        (label, a[key], b[key], ratio(a[key], b[key]))
+        for key, label, _ in compare_rows(percentiles)
     ]
 
 
@@ -152,7 +155,8 @@ def plot(runs: list[dict[str, Any]], out_dir: Path, stem: str) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for label in dict.fromkeys(r["label"] for r in runs):
             mine = sorted(
-                (r for r in runs if r["label"] == label), key=lambda r: r.get("max_concurrency") or 0
+                (r for r in runs if r["label"] == label),
+                key=lambda r: r.get("max_concurrency") or 0,
             )
             xs = [r.get("max_concurrency") or 0 for r in mine]
             axes[0].plot(xs, [r["output_throughput"] for r in mine], marker="o", label=label)

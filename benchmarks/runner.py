@@ -40,9 +40,7 @@ class RunOutcome:
     duration: float
 
 
-def arrival_times(
-    n: int, rate: float, burstiness: float, rng: np.random.Generator
-) -> list[float]:
+def arrival_times(n: int, rate: float, burstiness: float, rng: np.random.Generator) -> list[float]:
     """Send times (s from the start) of ``n`` requests: Gamma gaps of mean ``1/rate`` and shape
     ``burstiness`` (1 is Poisson; lower is burstier), scaled so the last is at ``n/rate`` as vLLM
     does to steady the throughput across seeds. An infinite rate sends everything at once."""

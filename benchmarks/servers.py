@@ -8,6 +8,7 @@ checkpoint), ``instant`` (our HTTP layer over an engine that streams instantly) 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -15,11 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
 
 STARTABLE = ("ours", "vllm", "instant", "starlette")
 # vLLM's server on CPU, configured as configs/cpu.yaml configures ours.
@@ -84,19 +84,15 @@ class RunningServer:
         """SIGTERM to the server's own process group, then SIGKILL what is left of it."""
         if self.process.poll() is None:
             _signal_group(self.process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
         _signal_group(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def start(name: str, opts: ServerOptions) -> RunningServer:
@@ -129,5 +125,7 @@ def wait_ready(server: RunningServer, timeout: float) -> None:
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{server.name} not healthy after {timeout:.0f}s ({server.log_path})")
+            raise RuntimeError(
+                f"{server.name} not healthy after {timeout:.0f}s ({server.log_path})"
+            )
         time.sleep(0.5)

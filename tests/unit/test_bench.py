@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -131,7 +132,7 @@ def test_arrivals_poisson_are_scaled_to_n_over_rate() -> None:
     times = arrival_times(50, 10.0, 1.0, np.random.default_rng(0))
     assert len(times) == 50
     assert times[-1] == pytest.approx(5.0)
-    assert all(b >= a for a, b in zip(times, times[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(times))
     assert times == arrival_times(50, 10.0, 1.0, np.random.default_rng(0))
     assert times != arrival_times(50, 10.0, 1.0, np.random.default_rng(1))
 
@@ -240,5 +241,5 @@ def test_chat_and_jsonl(tokenizer: Any, tmp_path: Any) -> None:
     assert [(r.endpoint, r.output_len) for r in reqs] == [(COMPLETIONS, 5), (CHAT, 7)]
     assert "stream" not in reqs[0].body
     path.write_text("not json\n")
-    with pytest.raises(ValueError, match="reqs.jsonl:1"):
+    with pytest.raises(ValueError, match=r"reqs\.jsonl:1"):
         build_workload(WorkloadSpec(name="jsonl", jsonl_path=path), tokenizer)
