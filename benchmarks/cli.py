@@ -383,12 +383,22 @@ def _output(
         save_json(out / name, data)
     env = {
         "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+        "machine": f"{platform.machine()}, {_cpu_model()}, "
         f"{_cpu_count()} CPUs, Python {platform.python_version()}",
     }
     report = markdown(runs, comparisons, plots, command, env, percentiles)
     (out / f"report-{args.dataset_name}-{stamp}.md").write_text(report)
     print(f"results written to {out}/")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def _cpu_count() -> int:
