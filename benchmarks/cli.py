@@ -234,14 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started: list[RunningServer] = []
     try:
-        urls = []
+        urls: list[tuple[str, str, str | None, RunningServer | None]] = []
         for spec_name in specs:
             if spec_name in STARTABLE:
                 server = start(spec_name, opts)
                 started.append(server)
-                urls.append((spec_name, server.base_url, args.served_model_name))
+                urls.append((spec_name, server.base_url, args.served_model_name, server))
             else:
-                urls.append((args.label or spec_name, spec_name, args.model))
+                urls.append((args.label or spec_name, spec_name, args.model, None))
         for server in started:
             wait_ready(server, opts.start_timeout)
         runs, comparisons = asyncio.run(_run_all(args, urls, workloads, percentiles, slos))
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _run_all(
     args: argparse.Namespace,
-    urls: list[tuple[str, str, str | None]],
+    urls: list[tuple[str, str, str | None, RunningServer | None]],
     workloads: list[tuple[int | None, list[BenchRequest], list[BenchRequest]]],
     percentiles: list[float],
     slos: dict[str, float],
@@ -269,9 +269,11 @@ async def _run_all(
     comparisons: list[tuple[int | None, str]] = []
     async with new_session(max(biggest, 1) + 8) as session:
         targets = []
-        for label, url, name in urls:
+        meters = []
+        for label, url, name, server in urls:
             model = name or await first_model(session, url)
             targets.append(Target(label, url, model))
+            meters.append(server.cpu_seconds if server else None)
         for level, requests, warm in workloads:
             load = LoadSpec(
                 request_rate=args.request_rate,
@@ -287,11 +289,13 @@ async def _run_all(
             total = len(requests) * len(targets)
             bar = tqdm(total=total, disable=args.disable_tqdm, desc=f"concurrency {level or '-'}")
             if len(targets) == 1:
-                outcome = await run_once(session, targets[0], requests, load, bar.update)
+                outcome = await run_once(session, targets[0], requests, load, bar.update, meters[0])
                 outcomes = [outcome]
                 ratios: list[float] = []
             else:
-                cmp = await run_compare(session, targets, requests, load, args.rounds, bar.update)
+                cmp = await run_compare(
+                    session, targets, requests, load, args.rounds, bar.update, meters
+                )
                 outcomes = cmp.per_target
                 thr = [
                     [tok / dur if dur else 0.0 for tok, dur in zip(tk, du, strict=True)]
@@ -309,6 +313,8 @@ async def _run_all(
                     include_details=True,
                 )
                 result.update(_run_info(args, target, requests, level))
+                if outcome.cpu is not None:
+                    result.update(cpu_metrics(outcome.cpu, result))
                 if ratios and target is targets[0]:
                     result["round_output_throughput_ratios"] = ratios
                 level_runs.append(result)
@@ -324,6 +330,18 @@ async def _run_all(
                 comparisons.append((level, table))
             runs.extend(level_runs)
     return runs, comparisons
+
+
+def cpu_metrics(cpu: tuple[float, float], result: dict[str, Any]) -> dict[str, float]:
+    """Server CPU time over the run (only for servers started here), in total and per output
+    token: how much work each server spends, whatever else the machine was doing."""
+    tokens = max(1, int(result["total_output_tokens"]))
+    return {
+        "server_api_cpu_s": cpu[0],
+        "server_engine_cpu_s": cpu[1],
+        "server_api_cpu_us_per_output_token": cpu[0] / tokens * 1e6,
+        "server_total_cpu_us_per_output_token": (cpu[0] + cpu[1]) / tokens * 1e6,
+    }
 
 
 def _run_info(

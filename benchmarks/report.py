@@ -48,6 +48,14 @@ def summary(result: dict[str, Any], percentiles: Sequence[float], title: str = "
     row("Peak output token throughput (tok/s):", result["max_output_tokens_per_s"], ".2f")
     row("Peak concurrent requests:", result["max_concurrent_requests"])
     row("Total token throughput (tok/s):", result["total_token_throughput"], ".2f")
+    if "server_api_cpu_s" in result:
+        row("Server API process CPU (s):", result["server_api_cpu_s"], ".2f")
+        row("Server engine processes CPU (s):", result["server_engine_cpu_s"], ".2f")
+        row(
+            "Server API CPU per output token (us):",
+            result["server_api_cpu_us_per_output_token"],
+            ".1f",
+        )
     for m in LATENCY_METRICS:
         lines.append("{s:{c}^{n}}".format(s=_HEADERS[m], n=60, c="-"))
         row(f"Mean {_NAMES[m]} (ms):", result[f"mean_{m}_ms"], ".2f")
@@ -65,6 +73,10 @@ def compare_rows(percentiles: Sequence[float]) -> list[tuple[str, str, bool]]:
         ("request_throughput", "Request throughput (req/s)", True),
         ("output_throughput", "Output token throughput (tok/s)", True),
         ("total_token_throughput", "Total token throughput (tok/s)", True),
+    ]
+    rows += [
+        ("server_api_cpu_us_per_output_token", "Server API CPU (us/output token)", False),
+        ("server_total_cpu_us_per_output_token", "Server total CPU (us/output token)", False),
     ]
     for m in LATENCY_METRICS:
         rows.append((f"mean_{m}_ms", f"Mean {_NAMES[m]} (ms)", False))
@@ -86,6 +98,7 @@ def compare_table(
     return [
         (label, a[key], b[key], ratio(a[key], b[key]))
         for key, label, _ in compare_rows(percentiles)
+        if key in a and key in b
     ]
 
 

@@ -34,10 +34,14 @@ class LoadSpec:
     seed: int = 0
 
 
+CpuMeter = Callable[[], tuple[float, float]]
+
+
 @dataclass(slots=True)
 class RunOutcome:
     outputs: list[RequestOutput]
     duration: float
+    cpu: tuple[float, float] | None = None  # server CPU seconds (API process, engine processes)
 
 
 def arrival_times(n: int, rate: float, burstiness: float, rng: np.random.Generator) -> list[float]:
@@ -123,8 +127,25 @@ async def run_once(
     requests: Sequence[BenchRequest],
     load: LoadSpec,
     progress: Progress | None = None,
+    meter: CpuMeter | None = None,
 ) -> RunOutcome:
-    """Send ``requests`` to ``target``; the duration runs from the first send to the last answer."""
+    """Send ``requests`` to ``target``; the duration runs from the first send to the last answer.
+    ``meter`` (a started server's CPU clock) measures the server's CPU time over the run."""
+    before = meter() if meter else None
+    outcome = await _run_once(session, target, requests, load, progress)
+    if meter and before:
+        after = meter()
+        outcome.cpu = (after[0] - before[0], after[1] - before[1])
+    return outcome
+
+
+async def _run_once(
+    session: aiohttp.ClientSession,
+    target: Target,
+    requests: Sequence[BenchRequest],
+    load: LoadSpec,
+    progress: Progress | None,
+) -> RunOutcome:
     sessions: dict[int, list[BenchRequest]] = {}
     plain: list[BenchRequest] = []
     for r in requests:
@@ -213,6 +234,7 @@ async def run_compare(
     load: LoadSpec,
     rounds: int,
     progress: Progress | None = None,
+    meters: Sequence[CpuMeter | None] | None = None,
 ) -> CompareOutcome:
     """The same slices of the workload against each target in turn, alternating which goes first
     (AB, BA, AB ...): every target gets the whole machine in its turn, and slow drifts of the
@@ -221,14 +243,19 @@ async def run_compare(
     outputs: list[list[RequestOutput]] = [[] for _ in targets]
     durations: list[list[float]] = [[] for _ in targets]
     tokens: list[list[int]] = [[] for _ in targets]
+    cpu: list[tuple[float, float] | None] = [None for _ in targets]
     for k, chunk in enumerate(slices):
         order = list(range(len(targets)))
         if k % 2:
             order.reverse()
         for t in order:
-            res = await run_once(session, targets[t], chunk, load, progress)
+            meter = meters[t] if meters else None
+            res = await run_once(session, targets[t], chunk, load, progress, meter)
             outputs[t].extend(res.outputs)
             durations[t].append(res.duration)
             tokens[t].append(sum(o.output_tokens for o in res.outputs if o.success))
-    per_target = [RunOutcome(outputs[t], sum(durations[t])) for t in range(len(targets))]
+            if res.cpu is not None:
+                api, engine = cpu[t] or (0.0, 0.0)
+                cpu[t] = (api + res.cpu[0], engine + res.cpu[1])
+    per_target = [RunOutcome(outputs[t], sum(durations[t]), cpu[t]) for t in range(len(targets))]
     return CompareOutcome(per_target, durations, tokens)

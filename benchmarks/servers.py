@@ -80,6 +80,26 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     log_path: Path
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) used so far by the server's own process (the HTTP/API side)
+        and by all its descendants (engine core, workers): a measure of work done that does not
+        depend on how busy the rest of the machine is."""
+        import psutil
+
+        def used(proc: psutil.Process) -> float:
+            try:
+                t = proc.cpu_times()
+                return float(t.user + t.system)
+            except psutil.Error:
+                return 0.0
+
+        try:
+            top = psutil.Process(self.process.pid)
+            children = top.children(recursive=True)
+        except psutil.Error:
+            return 0.0, 0.0
+        return used(top), sum(used(c) for c in children)
+
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM to the server's own process group, then SIGKILL what is left of it."""
         if self.process.poll() is None:

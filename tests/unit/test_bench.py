@@ -243,3 +243,12 @@ def test_chat_and_jsonl(tokenizer: Any, tmp_path: Any) -> None:
     path.write_text("not json\n")
     with pytest.raises(ValueError, match=r"reqs\.jsonl:1"):
         build_workload(WorkloadSpec(name="jsonl", jsonl_path=path), tokenizer)
+
+
+def test_server_cpu_per_output_token() -> None:
+    from benchmarks.cli import cpu_metrics
+
+    m = cpu_metrics((0.5, 2.0), {"total_output_tokens": 1000})
+    assert m["server_api_cpu_s"] == 0.5 and m["server_engine_cpu_s"] == 2.0
+    assert m["server_api_cpu_us_per_output_token"] == pytest.approx(500.0)
+    assert m["server_total_cpu_us_per_output_token"] == pytest.approx(2500.0)
