@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,9 +141,14 @@ async def send(
 
 
 def new_session(max_connections: int) -> aiohttp.ClientSession:
+    """A pooled session; ``OPENAI_API_KEY`` becomes a bearer token, as in vLLM's benchmark."""
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
     timeout = aiohttp.ClientTimeout(total=6 * 3600)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+    key = os.environ.get("OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trust_env=False, headers=headers
+    )
 
 
 async def first_model(session: aiohttp.ClientSession, base_url: str) -> str:
