@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu
 PORT ?= 8000
 
-.PHONY: install install-cuda serve-demo test test-fast test-e2e lint format clean
+.PHONY: install install-cuda serve-demo test test-fast test-e2e lint format clean bench-compare bench-ceiling
 
 install: $(STAMP)
 
@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,dev,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,dev,ray,bench]'
 	for p in torchvision torchaudio torchcodec; do $(BIN)/python -m pip uninstall --quiet -y $$p || true; done
 	touch $(STAMP)
 
@@ -24,6 +24,16 @@ install-cuda:
 
 serve-demo: install
 	$(BIN)/deepseek-serve --config configs/cpu.yaml --model demo --port $(PORT)
+
+# Ours against vLLM's own OpenAI server, same tiny model, interleaved rounds (benchmarks/README.md).
+BENCH_ARGS ?= --dataset-name random --random-input-len 256 --random-output-len 64 --ignore-eos \
+	--num-prompts 40,160,320 --max-concurrency 1,8,32 --rounds 4 --num-warmups 4 --save-result
+bench-compare: install
+	$(BIN)/deepseek-serve bench --compare ours vllm $(BENCH_ARGS) --result-dir bench-results/compare
+
+# The HTTP layer alone: our app over an instant engine against a bare Starlette SSE endpoint.
+bench-ceiling: install
+	$(BIN)/deepseek-serve bench --compare instant starlette $(BENCH_ARGS) --result-dir bench-results/ceiling
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -35,13 +45,13 @@ test-e2e: install
 	$(BIN)/python -m pytest -q -m e2e
 
 lint: install
-	$(BIN)/ruff check deepseek_serve tests
-	$(BIN)/ruff format --check deepseek_serve tests
+	$(BIN)/ruff check deepseek_serve benchmarks tests
+	$(BIN)/ruff format --check deepseek_serve benchmarks tests
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format deepseek_serve tests
-	$(BIN)/ruff check --fix deepseek_serve tests
+	$(BIN)/ruff format deepseek_serve benchmarks tests
+	$(BIN)/ruff check --fix deepseek_serve benchmarks tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

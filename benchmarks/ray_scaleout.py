@@ -144,7 +144,9 @@ def replica_counters(address: str, url: str, model: Path) -> Iterator[Any]:
     ray.init(address=address, log_to_driver=False)
     try:
         port = int(url.rsplit(":", 1)[1])
-        name = app_name(Settings(served_model_name=NAME, model=str(model), port=port))
+        name = app_name(
+            Settings.model_validate({"served_model_name": NAME, "model": str(model), "port": port})
+        )
         handle = serve.get_deployment_handle(DEPLOYMENT, app_name=name)
 
         def read() -> dict[str, Any]:
@@ -163,7 +165,7 @@ def replica_counters(address: str, url: str, model: Path) -> Iterator[Any]:
         yield read
     finally:
         ray.shutdown()
-        context._set_global_client(None)  # Serve's client of this cluster; the next is another
+        context._set_global_client(None)  # type: ignore[no-untyped-call]  # Serve's client of this cluster; the next is another
 
 
 def summary(xs: list[float]) -> str:

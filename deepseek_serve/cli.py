@@ -82,7 +82,12 @@ def settings_from_argv(argv: Sequence[str] | None = None) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = settings_from_argv(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:  # ``deepseek-serve bench ...``: the benchmark client
+        from benchmarks.cli import main as bench_main
+
+        return bench_main(args[1:])
+    settings = settings_from_argv(args)
     from deepseek_serve.observability import configure_logging
     from deepseek_serve.server import StartupError, serve
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -164,6 +165,7 @@ class VLLMEngine:
             with self._lock:
                 if not self._closed:
                     self._llm = llm
+                    _freeze_heap()
                     return llm
             llm.shutdown()  # shut down while starting: never leave an engine behind
             raise EngineDeadError("The server shut down while the engine was starting.")
@@ -241,6 +243,15 @@ class VLLMEngine:
             # Still starting: the engine processes are our only children. Stopping them makes
             # the builder thread fail at once instead of finishing a start nobody wants.
             _terminate_children()
+
+
+def _freeze_heap() -> None:
+    """Move everything alive now (torch, transformers, vLLM and the engine client: objects that
+    live as long as the process) out of the garbage collector's sight, as vLLM's own server does
+    after start-up. Otherwise every full collection walks that heap while holding the event loop:
+    measured at about 700 ms on the CPU test machine, a stall that whole streams wait behind."""
+    gc.collect()
+    gc.freeze()
 
 
 def _terminate_children(grace: float = 5.0) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from deepseek_serve.app import create_app
 from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, demo_dir, is_demo_dir
@@ -86,6 +87,19 @@ def engine_tokenizer_check(setup: TokenizerSetup) -> Callable[[Engine], None]:
     return check
 
 
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """How ``deepseek-serve`` runs an app (the benchmarks' instant-engine server reuses it)."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # the root logging set up by the CLI (text or JSON)
+        access_log=False,  # our RequestContext logs each request, with its id
+        timeout_graceful_shutdown=5,  # the drain (lifecycle.drain) has already run by then
+    )
+
+
 def serve(settings: Settings) -> int:
     model = resolve_model(settings)
     if model.is_demo:
@@ -125,16 +139,7 @@ def serve(settings: Settings) -> int:
         post_start_check=engine_tokenizer_check(setup),
         on_fatal=fatal,
     )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # the root logging set up by the CLI (text or JSON)
-        access_log=False,  # our RequestContext logs each request, with its id
-        timeout_graceful_shutdown=5,  # the drain (lifecycle.drain) has already run by then
-    )
-    server = DrainingServer(config, app.state.deepseek)
+    server = DrainingServer(uvicorn_config(app, settings), app.state.deepseek)
     server.run()
     code = exit_code or (0 if server.started else 1)
     logger.log(logging.ERROR if code else logging.INFO, "exiting with status %d", code)

@@ -50,7 +50,7 @@ def local_cluster(port: int, nodes: int = 2, cpus_per_node: int = 1) -> Iterator
                     include_dashboard=False,
                     dashboard_agent_listen_port=free_port(),
                 )
-            cluster.add_node(**args)
+            cluster.add_node(**args)  # type: ignore[arg-type]
         cluster.wait_for_nodes()
         yield cluster
     finally:

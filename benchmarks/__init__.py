@@ -1,0 +1,1 @@
+"""``deepseek-serve bench``: a serving benchmark comparable with ``vllm bench serve``."""
