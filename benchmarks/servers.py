@@ -23,7 +23,10 @@ from pathlib import Path
 
 STARTABLE = ("ours", "vllm", "instant", "starlette")
 # vLLM's server on CPU, configured as configs/cpu.yaml configures ours.
-VLLM_CPU_ARGS = "--enforce-eager --max-model-len 4096 --gpu-memory-utilization 0.3 --dtype bfloat16"
+VLLM_CPU_ARGS = (
+    "--enforce-eager --max-model-len 4096 --gpu-memory-utilization 0.3 --dtype bfloat16"
+    " --kv-cache-memory-bytes 1073741824"
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
