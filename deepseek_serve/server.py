@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,10 +142,4 @@ def serve(settings: Settings) -> int:
     server.run()
     code = exit_code or (0 if server.started else 1)
     logger.log(logging.ERROR if code else logging.INFO, "exiting with status %d", code)
-    if code:
-        # A failed engine is already shut down (lifespan). End here, so that nothing in the
-        # interpreter's teardown of a dead engine's leftovers can change the status a
-        # supervisor sees (one run in CI exited 0 after a dead engine).
-        logging.shutdown()
-        os._exit(code)
     return code

@@ -101,6 +101,9 @@ def start_server(
     port = free_port()
     log_path = root / "server.log"
     cmd = server_command(root, model, name, port, extra)
+    # Exit statuses are asserted below: make sure the kernel keeps them for us (an in-process
+    # Ray driver ignores SIGCHLD; see tests/e2e/ray_cluster.py).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     live = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,3 +72,11 @@ def local_cluster(port: int, nodes: int = 2, cpus_per_node: int = 1) -> Iterator
             else:
                 os.environ[key] = value
         shutil.rmtree(temp_dir, ignore_errors=True)
+        restore_sigchld()
+
+
+def restore_sigchld() -> None:
+    """A Ray driver in this process (with the subreaper option above) ignores SIGCHLD at the C
+    level, which Python's ``signal.getsignal`` does not show: children are then reaped by the
+    kernel and ``Popen.wait`` reports 0 for every exit status. Later tests check exit statuses."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
