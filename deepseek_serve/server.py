@@ -96,6 +96,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         log_config=None,  # the root logging set up by the CLI (text or JSON)
         access_log=False,  # our RequestContext logs each request, with its id
         timeout_graceful_shutdown=5,  # the drain (lifecycle.drain) has already run by then
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
 
 

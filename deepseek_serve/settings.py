@@ -156,6 +156,13 @@ class Settings(BaseSettings):
     # --- HTTP server ---
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
+    keep_alive_timeout: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        description="Seconds an idle keep-alive connection stays open (editors and benchmarks "
+        "reuse connections; a short timeout races with their next request).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the server (vLLM's own: VLLM_LOGGING_LEVEL)."
     )
