@@ -44,6 +44,7 @@ async def _text(
     builder = state.ready_prompts()
     key = session_key(request, api.session_id)
     req = to_openai(api)
+    state.check_caps(req)
     (prompt,) = builder.completion_prompts(req)
     max_tokens = builder.max_tokens(len(prompt.token_ids), req.max_tokens, DEFAULT_MAX_TOKENS)
     options = builder.sampling_options(
@@ -77,6 +78,7 @@ async def chat(request: Request) -> Response:
         req = api.to_openai()
     except ValidationError as exc:
         raise _to_invalid_request(exc) from None
+    state.check_caps(req)
     prompt = builder.chat_prompt(req)
     max_tokens = min(
         builder.max_tokens(len(prompt.token_ids), req.effective_max_tokens, None),

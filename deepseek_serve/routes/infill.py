@@ -44,6 +44,7 @@ async def _infill(request: Request) -> Response:
     state = server_state(request)
     req = await parse_body(request, InfillRequest)
     state.check_model(req.model)
+    state.check_caps(req)
     builder = state.ready_prompts()
     key = session_key(request, req.session_id)
 

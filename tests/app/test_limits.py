@@ -177,3 +177,13 @@ def test_metrics_scrapes_do_not_use_the_request_budget(make_client: MakeClient) 
         assert client.get("/metrics", headers=KEY).status_code == 200
     assert client.get("/v1/models", headers=KEY).status_code == 200
     assert client.get("/metrics").status_code == 401  # still needs the key
+
+
+def test_caps_cover_the_guide_api_and_infill(make_client: MakeClient) -> None:
+    client = make_client(settings={"max_stop_sequences": 1})[0]
+    body = {"prompt": "def f(", "max_tokens": 2, "stop": ["a", "b"]}
+    r = client.post("/api/v1/completion", json=body)
+    assert r.status_code == 400, r.text
+    r = client.post("/infill", json={"input_prefix": "x", "n_predict": 2, "stop": ["a", "b"]})
+    assert r.status_code == 400, r.text
+    assert client.post("/infill", json={"input_prefix": "x", "n_predict": 2}).status_code == 200
