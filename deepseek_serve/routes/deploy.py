@@ -20,6 +20,7 @@ from deepseek_serve.deploy_api import (
     GuideShape,
     to_openai,
 )
+from deepseek_serve.engine import SamplingOptions
 from deepseek_serve.formatting import ChatFormatter, CompletionFormatter
 from deepseek_serve.protocol import _to_invalid_request, parse_body
 from deepseek_serve.scheduling import request_priority
@@ -53,19 +54,8 @@ async def _text(
     priority = request_priority(state.settings, 0, interactive=True)
     options = dataclasses.replace(options, priority=priority)
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
-    formatter = CompletionFormatter(
-        request_id=request_id,
-        created=int(time.time()),
-        model=state.model_name,
-        prompt_lens=[len(prompt.token_ids)],
-        n=1,
-        want_logprobs=False,
-    )
-    outputs = guarded(
-        state.sessions, key, engine_outputs(state.engine, request_id, [prompt.token_ids], options)
-    )
-    shape = GuideShape(formatter, object_name, object_name, request_id)
-    return await respond(request, shape, outputs, stream=req.stream)
+    shape = (CompletionFormatter, object_name, object_name)
+    return await _answer(request, key, request_id, prompt.token_ids, options, shape, req.stream)
 
 
 async def chat(request: Request) -> Response:
@@ -88,19 +78,35 @@ async def chat(request: Request) -> Response:
         req, max_tokens=max_tokens, variant_stops=builder.variant.chat_stop_ids, logprobs=None
     )
     request_id = f"chat-{uuid.uuid4().hex}"
-    formatter = ChatFormatter(
+    shape = (ChatFormatter, "chat.completion", "chat.completion.chunk")
+    return await _answer(request, key, request_id, prompt.token_ids, options, shape, req.stream)
+
+
+async def _answer(
+    request: Request,
+    session: str | None,
+    request_id: str,
+    prompt_ids: list[int],
+    options: SamplingOptions,
+    shape: tuple[type[CompletionFormatter] | type[ChatFormatter], str, str],
+    stream: bool,
+) -> Response:
+    """Run one prompt under its editor session and answer in the guide's shape."""
+    state = server_state(request)
+    formatter_cls, object_name, chunk_name = shape
+    formatter = formatter_cls(
         request_id=request_id,
         created=int(time.time()),
         model=state.model_name,
-        prompt_lens=[len(prompt.token_ids)],
+        prompt_lens=[len(prompt_ids)],
         n=1,
         want_logprobs=False,
     )
     outputs = guarded(
-        state.sessions, key, engine_outputs(state.engine, request_id, [prompt.token_ids], options)
+        state.sessions, session, engine_outputs(state.engine, request_id, [prompt_ids], options)
     )
-    shape = GuideShape(formatter, "chat.completion", "chat.completion.chunk", request_id)
-    return await respond(request, shape, outputs, stream=req.stream)
+    guide = GuideShape(formatter, object_name, chunk_name, request_id)
+    return await respond(request, guide, outputs, stream=stream)
 
 
 routes = [
