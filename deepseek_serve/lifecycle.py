@@ -60,7 +60,7 @@ async def drain(state: ServerState) -> None:
     while state.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     if state.in_flight:
-        ended = await state.engine.end_all("shutdown")
+        ended = await state.engine.end_all()
         logger.warning("shutdown timeout: ended %d engine request(s) still running", ended)
         grace = time.monotonic() + 5.0
         while state.in_flight and time.monotonic() < grace:

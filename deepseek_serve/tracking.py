@@ -23,17 +23,12 @@ from deepseek_serve.observability import Metrics, current_request
 class TrackedEngine:
     inner: Engine
     metrics: Metrics
-    # request id -> why it is being ended early, when somebody ended it on purpose
-    _ending: dict[str, str] = field(default_factory=dict)
     _running: set[str] = field(default_factory=set)
+    _shut: set[str] = field(default_factory=set)  # ended by the shutdown deadline
 
     @property
     def limits(self) -> ModelLimits:
         return self.inner.limits
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
 
     async def start(self) -> None:
         await self.inner.start()
@@ -44,6 +39,7 @@ class TrackedEngine:
         info = current_request()
         route = info.route if info is not None else "unmatched"
         m = self.metrics
+        ttft, itl = m.ttft.labels(route), m.itl.labels(route)  # once, not per token
         m.prompt_tokens.labels(route).inc(len(prompt_token_ids))
         if info is not None:
             info.prompt_tokens += len(prompt_token_ids)
@@ -56,50 +52,49 @@ class TrackedEngine:
         waiting = True
         try:
             async for out in self.inner.generate(request_id, prompt_token_ids, options):
-                if request_id in self._ending:
-                    raise _ended(self._ending[request_id])
+                if request_id in self._shut:
+                    raise _shut_down()
                 now = time.perf_counter()
                 tokens = sum(len(seq.token_ids) for seq in out.sequences)
                 if tokens:
                     if waiting:
                         waiting = False
                         m.waiting.dec()
-                        m.ttft.labels(route).observe(now - start)
+                        ttft.observe(now - start)
                     else:
-                        m.itl.labels(route).observe(now - last)
+                        itl.observe(now - last)
                     last = now
                     generated += tokens
                 finished = out.finished
                 yield out
-            if not finished and request_id in self._ending:
-                raise _ended(self._ending[request_id])
+            if not finished and request_id in self._shut:
+                raise _shut_down()
         except InvalidRequestError:
             reason = "invalid"
             raise
-        except APIError as exc:
-            reason = "shutdown" if isinstance(exc, ShuttingDownError) else "engine_error"
+        except APIError:
+            reason = "engine_error"  # or "shutdown", set below
             raise
         finally:
             if waiting:
                 m.waiting.dec()
             self._running.discard(request_id)
-            why = self._ending.pop(request_id, None)
+            if request_id in self._shut:
+                self._shut.discard(request_id)
+                reason = "shutdown"
             if not finished:
                 known = info.abort_reason if info is not None else None
-                m.aborted.labels(why or known or reason).inc()
+                m.aborted.labels(known or reason).inc()
             m.generation_tokens.labels(route).inc(generated)
             if info is not None:
                 info.generated_tokens += generated
 
-    async def end(self, request_id: str, reason: str) -> None:
-        """End a running request on purpose (``reason``: superseded, shutdown, timeout ...)."""
-        if request_id in self._running:
-            self._ending[request_id] = reason
-            await self.inner.abort(request_id)
-
-    async def end_all(self, reason: str) -> int:
+    async def end_all(self) -> int:
+        """End every running request (the shutdown deadline): each stream gets
+        ``ShuttingDownError``. Returns how many there were."""
         ids = list(self._running)
-        await asyncio.gather(*(self.end(rid, reason) for rid in ids))
+        self._shut.update(ids)
+        await asyncio.gather(*(self.inner.abort(rid) for rid in ids))
         return len(ids)
 
     async def abort(self, request_id: str) -> None:
@@ -115,7 +110,5 @@ class TrackedEngine:
         await self.inner.shutdown()
 
 
-def _ended(reason: str) -> APIError:
-    if reason == "shutdown":
-        return ShuttingDownError("The server shut down before this request finished.")
-    return ShuttingDownError(f"The request was ended early ({reason}).")
+def _shut_down() -> APIError:
+    return ShuttingDownError("The server shut down before this request finished.")
