@@ -22,7 +22,7 @@ from deepseek_serve.errors import (
     RateLimitError,
     ShuttingDownError,
 )
-from deepseek_serve.observability import current_request
+from deepseek_serve.observability import current_request, header
 from deepseek_serve.state import ServerState
 
 
@@ -57,7 +57,7 @@ class Gate:
 
         key = None
         if not public and state.keys.enabled:
-            token = bearer_token(_header(headers, b"authorization"))
+            token = bearer_token(header(scope, b"authorization"))
             key = state.keys.match(token) if token else None
             if key is None:
                 error = AuthenticationError(
@@ -76,7 +76,7 @@ class Gate:
                     return await self._reject(exc, "rate_limited", scope, receive, send)
 
         limit = settings.max_body_bytes
-        length = _header(headers, b"content-length")
+        length = header(scope, b"content-length")
         if length is not None:
             if not length.isdigit():
                 error = InvalidRequestError("Content-Length is not a number.")
@@ -126,10 +126,3 @@ class Gate:
         self.state.metrics.rejected.labels(reason).inc()
         response = JSONResponse(error.to_payload(), error.status_code, headers=error.headers)
         await response(scope, receive, send)
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None

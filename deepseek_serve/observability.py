@@ -133,7 +133,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
+        given = header(scope, b"x-request-id")
         request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         path = scope["path"]
         route = path if path in self.routes else "unmatched"
@@ -175,7 +175,8 @@ class RequestContext:
             )
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case bytes) of an HTTP scope."""
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
