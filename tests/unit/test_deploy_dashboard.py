@@ -43,10 +43,8 @@ REQUIRED_VLLM_METRICS = {
 
 
 def test_the_metric_list_is_the_servers() -> None:
-    try:
-        from deepseek_serve.observability import Metrics
-    except ImportError:
-        pytest.xfail("the server's metrics land with issue 6")
+    from deepseek_serve.observability import Metrics
+
     real = {
         family.name + ("_total" if family.type == "counter" else ""): family.type
         for family in Metrics().registry.collect()

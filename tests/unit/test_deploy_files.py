@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import deepseek_serve.settings as settings_module
+from deepseek_serve.auth import read_key_file
 from deepseek_serve.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,10 +40,8 @@ METRICS_KEY_FILE = "metrics-key.txt"  # the same key as an API key file line
 # Environment names the deployment files give the server besides DEEPSEEK_SERVE_<field>: the
 # original DeepSeek-Coder deployment guide's.
 GUIDE_ENV = {"PORT", "LOG_LEVEL", "MODEL_SIZE", "CUDA_VISIBLE_DEVICES"}
-# Settings of issue 6's hardening that the deployment files set. They land together: before,
-# none is a field (their environment variables are ignored); after, every one must be.
+# The hardening settings the deployment files rely on.
 HARDENING_SETTINGS = {"api_keys", "api_key_file", "shutdown_timeout", "log_format"}
-HARDENED = "api_keys" in Settings.model_fields
 
 
 def load_yaml(path: Path) -> Any:
@@ -141,7 +139,7 @@ def settings_field(env_name: str) -> str:
 
 
 def check_server_env_names(names: set[str], where: str) -> None:
-    known = set(Settings.model_fields) | HARDENING_SETTINGS
+    known = set(Settings.model_fields)
     for name in names:
         if name.startswith(ENV_PREFIX):
             assert settings_field(name) in known, f"{where}: {name} is no setting"
@@ -150,11 +148,9 @@ def check_server_env_names(names: set[str], where: str) -> None:
 
 
 def set_server_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    """The deployment's environment for the server (all of it once the hardening has landed;
-    before, only the names that are settings, since the rest would be ignored anyway)."""
+    """The deployment's environment for the server."""
     for name, value in env.items():
-        if HARDENED or name in GUIDE_ENV or settings_field(name) in Settings.model_fields:
-            monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value)
 
 
 def literal_env(container: dict[str, Any]) -> dict[str, str]:
@@ -167,14 +163,12 @@ def check_metrics_key_line(line: str, key: str) -> None:
     assert secret == key
     fields = dict(option.split("=", 1) for option in options)
     assert fields.get("requests", "").lower() in {"none", "off"}, "Prometheus would be limited"
-    if HARDENED:  # the server's own parser agrees
-        from deepseek_serve.auth import read_key_file
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "keys.txt"
-            path.write_text(line + "\n")
-            (parsed,) = read_key_file(path, Settings())
-        assert parsed.request_limit is None
+    # the server's own parser agrees
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "keys.txt"
+        path.write_text(line + "\n")
+        (parsed,) = read_key_file(path, Settings())
+    assert parsed.request_limit is None
 
 
 # --- every file parses ---------------------------------------------------------------------------
@@ -231,9 +225,9 @@ def test_server_environment_names_are_real_settings() -> None:
         check_server_env_names({"DEEPSEEK_SERVE_TENSOR_PARALEL_SIZE"}, "typo")
 
 
-def test_hardening_settings_land_together() -> None:
-    present = HARDENING_SETTINGS & set(Settings.model_fields)
-    assert present in (set(), HARDENING_SETTINGS), f"only {present} of {HARDENING_SETTINGS}"
+def test_the_hardening_settings_the_files_use_exist() -> None:
+    missing = HARDENING_SETTINGS - set(Settings.model_fields)
+    assert not missing, f"settings the deployment files rely on are gone: {missing}"
 
 
 def test_compose_environment_loads_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,9 +236,8 @@ def test_compose_environment_loads_with_the_config(monkeypatch: pytest.MonkeyPat
     settings = load_settings(config_file=DEPLOY_CONFIG)
     assert settings.tensor_parallel_size == 2
     assert settings.port == server_port_in_compose()
-    if HARDENED:
-        assert [k.get_secret_value() for k in settings.api_keys] == ["k1", "k2"]
-        assert settings.log_format == "json"
+    assert [k.get_secret_value() for k in settings.api_keys] == ["k1", "k2"]
+    assert settings.log_format == "json"
 
 
 def test_compose_refuses_to_start_without_keys() -> None:
@@ -265,13 +258,10 @@ def test_kubernetes_environment_loads_with_the_config(
     gpus = container["resources"]["limits"]["nvidia.com/gpu"]
     assert settings.tensor_parallel_size == int(gpus), "one engine over all the pod's GPUs"
     assert settings.port == resolve_port(container, "http")
-    if HARDENED:
-        assert settings.api_key_file is not None and settings.log_format == "json"
+    assert settings.api_key_file is not None and settings.log_format == "json"
 
 
 def test_guide_environment_names_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not hasattr(settings_module, "MODEL_SIZES"):
-        pytest.xfail("PORT / LOG_LEVEL / MODEL_SIZE land with issue 6's settings change")
     monkeypatch.setenv("MODEL_SIZE", "33b")
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("LOG_LEVEL", "debug")
@@ -499,8 +489,6 @@ def test_grace_periods_outlast_the_pre_stop_pause() -> None:
 
 
 def test_grace_periods_outlast_the_server_drain(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not HARDENED:
-        pytest.xfail("shutdown_timeout lands with issue 6's graceful shutdown")
     pod = k8s_docs()["Deployment"]["spec"]["template"]["spec"]
     pre_stop = int(server_container()["lifecycle"]["preStop"]["exec"]["command"][1])
     set_server_env(monkeypatch, literal_env(server_container()))
