@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--rounds", type=int, default=4, help="--compare: alternating rounds per concurrency level."
     )
+    a.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="--compare: pause before every turn, counted for no one, so that the server that "
+        "just ran has gone quiet (vLLM's CPU worker spins for 1 s after its last step).",
+    )
     m = p.add_argument_group("metrics and output")
     m.add_argument("--metric-percentiles", default="90,99")
     m.add_argument(
@@ -294,7 +302,8 @@ async def _run_all(
                 ratios: list[float] = []
             else:
                 cmp = await run_compare(
-                    session, targets, requests, load, args.rounds, bar.update, meters
+                    session, targets, requests, load, args.rounds, bar.update, meters,
+                    settle=args.settle,
                 )
                 outcomes = cmp.per_target
                 thr = [

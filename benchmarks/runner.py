@@ -235,10 +235,16 @@ async def run_compare(
     rounds: int,
     progress: Progress | None = None,
     meters: Sequence[CpuMeter | None] | None = None,
+    settle: float = 0.0,
 ) -> CompareOutcome:
     """The same slices of the workload against each target in turn, alternating which goes first
     (AB, BA, AB ...): every target gets the whole machine in its turn, and slow drifts of the
-    machine's load fall on both alike. A target's duration is the sum of its turns."""
+    machine's load fall on both alike. A target's duration is the sum of its turns.
+
+    ``settle`` seconds pass before every turn and are nobody's time: a server that has just
+    finished a turn keeps working for a while (vLLM's CPU worker busy-polls its shared-memory
+    queue for a second after its last step, on the core the other engine computes on), and the
+    next turn must not pay for it."""
     slices = split_rounds(requests, rounds)
     outputs: list[list[RequestOutput]] = [[] for _ in targets]
     durations: list[list[float]] = [[] for _ in targets]
@@ -249,6 +255,8 @@ async def run_compare(
         if k % 2:
             order.reverse()
         for t in order:
+            if settle > 0:
+                await asyncio.sleep(settle)
             meter = meters[t] if meters else None
             res = await run_once(session, targets[t], chunk, load, progress, meter)
             outputs[t].extend(res.outputs)

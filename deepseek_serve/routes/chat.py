@@ -22,7 +22,7 @@ async def create_chat_completion(request: Request) -> Response:
     state.check_caps(req)
     builder = state.ready_prompts()
 
-    prompt = builder.chat_prompt(req)
+    prompt = await builder.chat_prompt(req)
     max_tokens = builder.max_tokens(len(prompt.token_ids), req.effective_max_tokens, None)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     options = builder.sampling_options(

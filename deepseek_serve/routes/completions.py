@@ -33,7 +33,7 @@ async def create_completion(request: Request) -> Response:
         packed = await asyncio.to_thread(completion_with_context, builder, req, state.context_cache)
         prompts = [as_token_prompt(packed)]
     else:
-        prompts = builder.completion_prompts(req)
+        prompts = await builder.completion_prompts(req)
     longest = max(len(p.token_ids) for p in prompts)
     max_tokens = builder.max_tokens(
         longest, req.max_tokens, state.settings.default_completion_max_tokens

@@ -46,7 +46,7 @@ async def _text(
     key = session_key(request, api.session_id)
     req = to_openai(api)
     state.check_caps(req)
-    (prompt,) = builder.completion_prompts(req)
+    (prompt,) = await builder.completion_prompts(req)
     max_tokens = builder.max_tokens(len(prompt.token_ids), req.max_tokens, DEFAULT_MAX_TOKENS)
     options = builder.sampling_options(
         req, max_tokens=max_tokens, variant_stops=builder.variant.completion_stop_ids, logprobs=None
@@ -69,7 +69,7 @@ async def chat(request: Request) -> Response:
     except ValidationError as exc:
         raise _to_invalid_request(exc) from None
     state.check_caps(req)
-    prompt = builder.chat_prompt(req)
+    prompt = await builder.chat_prompt(req)
     max_tokens = min(
         builder.max_tokens(len(prompt.token_ids), req.effective_max_tokens, None),
         req.effective_max_tokens or DEFAULT_MAX_TOKENS,

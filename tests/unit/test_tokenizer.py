@@ -228,3 +228,52 @@ def test_missing_config_or_tokenizer(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(V1_CONFIG))
     with pytest.raises(TokenizerFidelityError, match="cannot load"):
         prepare_tokenizer(tmp_path, work_dir=tmp_path / "work")
+
+
+@pytest.mark.parametrize("fixture", ["v1", "v2"])
+def test_fast_path_gives_hf_encode_ids(fixture: str, request: pytest.FixtureRequest) -> None:
+    """PromptTokenizer calls the Rust tokenizer directly; it must agree with transformers'
+    ``encode`` on every golden text and on real code with special tokens inside."""
+    hf, variant = request.getfixturevalue(fixture)
+    tok = PromptTokenizer(hf, variant)
+    bos = variant.special.bos
+    source = Path(__file__).read_text()
+    texts = [case.text for case in golden_cases(variant.family)]
+    texts += [source, "<｜fim▁begin｜>def f():\n<｜fim▁hole｜>\n<｜fim▁end｜>", "  \n\t x\u00e9\u4e2d"]
+    for text in texts:
+        expected = hf.encode(text, add_special_tokens=False)
+        while expected and expected[0] == bos:
+            expected = expected[1:]
+        assert tok.encode(text) == [bos, *expected], text[:60]
+
+
+def test_long_prompts_are_tokenized_off_the_event_loop(
+    v1: tuple[PreTrainedTokenizerBase, Variant],
+) -> None:
+    import asyncio
+    import threading
+
+    from deepseek_serve.engine import ModelLimits
+    from deepseek_serve.prompts import OFF_LOOP_CHARS, PromptBuilder
+
+    threads: list[str] = []
+
+    class Spy(PromptTokenizer):
+        __slots__ = ()
+
+        def encode(self, text: str) -> list[int]:
+            threads.append(threading.current_thread().name)
+            return super().encode(text)
+
+    builder = PromptBuilder(Spy(*v1), ModelLimits(4096, 32256), 16)
+    encode = PromptTokenizer(*v1).encode
+    short = "def f(x):\n    return x\n"
+    long = short * (OFF_LOOP_CHARS // len(short) + 1)
+
+    async def both() -> tuple[list[int], list[int]]:
+        return await builder.encode(short), await builder.encode(long)
+
+    got_short, got_long = asyncio.run(both())
+    assert got_short == encode(short) and got_long == encode(long)
+    main = threading.main_thread().name
+    assert threads[0] == main and threads[1] != main
