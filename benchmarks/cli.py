@@ -302,7 +302,13 @@ async def _run_all(
                 ratios: list[float] = []
             else:
                 cmp = await run_compare(
-                    session, targets, requests, load, args.rounds, bar.update, meters,
+                    session,
+                    targets,
+                    requests,
+                    load,
+                    args.rounds,
+                    bar.update,
+                    meters,
                     settle=args.settle,
                 )
                 outcomes = cmp.per_target

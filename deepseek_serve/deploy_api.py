@@ -159,11 +159,15 @@ class GuideShape:
     async def frames(
         self, outputs: AsyncIterator[tuple[int, EngineOutput]]
     ) -> AsyncIterator[bytes]:
-        async for frame in self.inner.frames(outputs):
-            body = json.loads(frame[len(b"data: ") :])
-            if "choices" in body:  # not an error frame
-                body = _reshape(body, self.chunk_object_name, self.request_id)
-            yield sse_frame(body)
+        async for frames in self.inner.frames(outputs):
+            # One write may hold several events; JSON never holds a raw blank line.
+            reshaped = []
+            for frame in frames.split(b"\n\n")[:-1]:
+                body = json.loads(frame[len(b"data: ") :])
+                if "choices" in body:  # not an error frame
+                    body = _reshape(body, self.chunk_object_name, self.request_id)
+                reshaped.append(sse_frame(body))
+            yield b"".join(reshaped)
 
     async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
         return _reshape(await self.inner.collect(outputs), self.object_name, self.request_id)

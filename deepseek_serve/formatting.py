@@ -6,12 +6,12 @@ concatenated stream equals the full response.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from deepseek_serve.engine import EngineOutput, SequenceDelta, TokenLogprob
-from deepseek_serve.streaming import sse_frame
 
 
 @dataclass(slots=True)
@@ -39,6 +39,7 @@ class Formatter:
     choices: list[_Choice] = field(init=False)
     # Only a full (non-streamed) response needs the text and logprobs kept; a stream sends them.
     _keep: bool = field(default=False, init=False)
+    _head: bytes | None = field(default=None, init=False)  # the start every chunk shares
 
     object_name = "text_completion"
     chunk_object_name = "text_completion"
@@ -99,30 +100,56 @@ class Formatter:
                 choice.logprobs.append(logprobs)
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-        body: dict[str, Any] = {
-            "id": self.request_id,
-            "object": self.chunk_object_name,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if self.include_usage:
-            body["usage"] = (
-                usage if usage is not None or not self.continuous_usage else self.usage()
+        # The fields every chunk shares are serialized once per response; only the choices (and
+        # usage) are encoded per token. The bytes equal sse_frame() of the whole chunk.
+        if self._head is None:
+            self._head = b"".join(
+                (
+                    b'data: {"id":',
+                    _dumps(self.request_id),
+                    b',"object":',
+                    _dumps(self.chunk_object_name),
+                    b',"created":',
+                    _dumps(self.created),
+                    b',"model":',
+                    _dumps(self.model),
+                    b',"choices":',
+                )
             )
-        return sse_frame(body)
+        parts = [self._head, _dumps(choices)]
+        if self.include_usage:
+            parts.append(b',"usage":')
+            parts.append(
+                _dumps(usage if usage is not None or not self.continuous_usage else self.usage())
+            )
+        parts.append(b"}\n\n")
+        return b"".join(parts)
 
     async def frames(
         self, outputs: AsyncIterator[tuple[int, EngineOutput]]
     ) -> AsyncIterator[bytes]:
+        # One write per engine output, whatever number of chunks it makes, and the usage chunk
+        # rides with the last one: fewer syscalls and client wake-ups per token.
+        unfinished = len(self.prompt_lens)
+        for_usage = self.include_usage
         async for prompt_index, out in outputs:
+            parts: list[bytes] = []
             for seq in out.sequences:
                 index, pre, text, logprobs = self._update(prompt_index, out, seq)
                 for choice in pre:
-                    yield self._chunk([choice])
+                    parts.append(self._chunk([choice]))
                 if text or logprobs or seq.finish_reason:
-                    yield self._chunk([self.chunk_choice(index, text, logprobs, seq.finish_reason)])
-        if self.include_usage:
+                    parts.append(
+                        self._chunk([self.chunk_choice(index, text, logprobs, seq.finish_reason)])
+                    )
+            if out.finished:
+                unfinished -= 1
+                if unfinished == 0 and for_usage:
+                    for_usage = False
+                    parts.append(self._chunk([], self.usage()))
+            if parts:
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+        if for_usage:
             yield self._chunk([], self.usage())
 
     async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
@@ -244,3 +271,7 @@ class ChatFormatter(Formatter):
 
 def _chat_token(token: str, logprob: float) -> dict[str, Any]:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

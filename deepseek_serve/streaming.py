@@ -132,6 +132,17 @@ class SSEResponse(StreamingResponse):
     def __init__(self, frames: AsyncIterator[bytes]) -> None:
         super().__init__(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})  # fmt: skip
+        last = b""
+        async for frame in self.body_iterator:
+            if frame is DONE_FRAME:  # always the last frame: it goes out with the end of the body
+                last = frame
+                break
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": last, "more_body": False})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def listen() -> None:
             while (await receive())["type"] != "http.disconnect":

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks import runner
 from benchmarks.cli import load_tokenizer
 from benchmarks.client import RequestOutput, SSEParser
 from benchmarks.metrics import compute_metrics, parse_goodput
 from benchmarks.report import compare_table, format_compare, summary
-from benchmarks.runner import arrival_times, split_rounds
+from benchmarks.runner import LoadSpec, RunOutcome, Target, arrival_times, split_rounds
 from benchmarks.workloads import (
     CHAT,
     COMPLETIONS,
@@ -252,3 +253,28 @@ def test_server_cpu_per_output_token() -> None:
     assert m["server_api_cpu_s"] == 0.5 and m["server_engine_cpu_s"] == 2.0
     assert m["server_api_cpu_us_per_output_token"] == pytest.approx(500.0)
     assert m["server_total_cpu_us_per_output_token"] == pytest.approx(2500.0)
+
+
+def test_compare_alternates_turns_and_settles_between_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turns go AB, BA, AB...; ``settle`` passes before each turn and is in nobody's duration."""
+    import asyncio
+    import time
+
+    turns: list[tuple[str, float]] = []
+
+    async def fake_run_once(session: Any, target: Target, chunk: Any, *_: Any) -> RunOutcome:
+        turns.append((target.label, time.monotonic()))
+        done = RequestOutput(success=True, output_tokens=10, latency=0.01)
+        return RunOutcome([done] * len(chunk), duration=0.01)
+
+    monkeypatch.setattr(runner, "run_once", fake_run_once)
+    targets = [Target("a", "http://a", "m"), Target("b", "http://b", "m")]
+    requests = [BenchRequest("/v1/completions", {}, 4, 10) for _ in range(6)]
+    outcome = asyncio.run(
+        runner.run_compare(None, targets, requests, LoadSpec(), rounds=3, settle=0.05)  # type: ignore[arg-type]
+    )
+    assert [label for label, _ in turns] == ["a", "b", "b", "a", "a", "b"]
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(turns)]
+    assert min(gaps) >= 0.05
+    assert [o.duration for o in outcome.per_target] == pytest.approx([0.03, 0.03])
+    assert outcome.round_output_tokens == [[20, 20, 20], [20, 20, 20]]

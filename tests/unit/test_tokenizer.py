@@ -239,7 +239,8 @@ def test_fast_path_gives_hf_encode_ids(fixture: str, request: pytest.FixtureRequ
     bos = variant.special.bos
     source = Path(__file__).read_text()
     texts = [case.text for case in golden_cases(variant.family)]
-    texts += [source, "<｜fim▁begin｜>def f():\n<｜fim▁hole｜>\n<｜fim▁end｜>", "  \n\t x\u00e9\u4e2d"]
+    fim = "<｜fim▁begin｜>def f():\n<｜fim▁hole｜>\n<｜fim▁end｜>"
+    texts += [source, fim, "  \n\t x\u00e9\u4e2d"]
     for text in texts:
         expected = hf.encode(text, add_special_tokens=False)
         while expected and expected[0] == bos:
