@@ -32,8 +32,10 @@ bench-compare: install
 	$(BIN)/deepseek-serve bench --compare ours vllm $(BENCH_ARGS) --result-dir bench-results/compare
 
 # The HTTP layer alone: our app over an instant engine against a bare Starlette SSE endpoint.
+CEILING_ARGS ?= --dataset-name random --random-input-len 256 --random-output-len 64 --ignore-eos \
+	--num-prompts 400,1600,3200 --max-concurrency 1,8,32 --rounds 4 --num-warmups 8 --save-result
 bench-ceiling: install
-	$(BIN)/deepseek-serve bench --compare instant starlette $(BENCH_ARGS) --result-dir bench-results/ceiling
+	$(BIN)/deepseek-serve bench --compare instant starlette $(CEILING_ARGS) --result-dir bench-results/ceiling
 
 test: install
 	$(BIN)/python -m pytest -q
