@@ -15,14 +15,10 @@ case-insensitive; an unknown one is a 400 listing those known.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from deepseek_serve.engine import EngineOutput
 from deepseek_serve.protocol import (
     MAX_STOP_SEQUENCES,
     ChatCompletionRequest,
@@ -31,7 +27,6 @@ from deepseek_serve.protocol import (
     _Strict,
     _to_invalid_request,
 )
-from deepseek_serve.streaming import ResponseBuilder, sse_frame
 
 DEFAULT_MAX_TOKENS = 500
 DEFAULT_TEMPERATURE = 0.7
@@ -138,36 +133,3 @@ def to_openai(api: ApiCompletion | ApiInsertion) -> CompletionRequest:
         return api.to_openai()
     except ValidationError as exc:  # bounds are the same; kept as a safety net
         raise _to_invalid_request(exc) from None
-
-
-def _reshape(body: dict[str, Any], object_name: str, request_id: str) -> dict[str, Any]:
-    body["id"], body["object"] = request_id, object_name
-    for choice in body["choices"]:
-        choice.pop("logprobs", None)
-    return body
-
-
-@dataclass(frozen=True, slots=True)
-class GuideShape:
-    """The OpenAI-shaped builder's output in the guide's shape (object name, id, no logprobs)."""
-
-    inner: ResponseBuilder
-    object_name: str
-    chunk_object_name: str
-    request_id: str
-
-    async def frames(
-        self, outputs: AsyncIterator[tuple[int, EngineOutput]]
-    ) -> AsyncIterator[bytes]:
-        async for frames in self.inner.frames(outputs):
-            # One write may hold several events; JSON never holds a raw blank line.
-            reshaped = []
-            for frame in frames.split(b"\n\n")[:-1]:
-                body = json.loads(frame[len(b"data: ") :])
-                if "choices" in body:  # not an error frame
-                    body = _reshape(body, self.chunk_object_name, self.request_id)
-                reshaped.append(sse_frame(body))
-            yield b"".join(reshaped)
-
-    async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
-        return _reshape(await self.inner.collect(outputs), self.object_name, self.request_id)

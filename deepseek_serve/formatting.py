@@ -36,13 +36,14 @@ class Formatter:
     want_logprobs: bool
     include_usage: bool = False
     continuous_usage: bool = False
+    object_name: str = "text_completion"
+    chunk_object_name: str = "text_completion"
+    # False: choices carry no "logprobs" key at all (the deployment guide's /api/v1 shape).
+    logprobs_field: bool = True
     choices: list[_Choice] = field(init=False)
     # Only a full (non-streamed) response needs the text and logprobs kept; a stream sends them.
     _keep: bool = field(default=False, init=False)
     _head: bytes | None = field(default=None, init=False)  # the start every chunk shares
-
-    object_name = "text_completion"
-    chunk_object_name = "text_completion"
 
     def __post_init__(self) -> None:
         self.choices = [_Choice() for _ in range(len(self.prompt_lens) * self.n)]
@@ -116,7 +117,7 @@ class Formatter:
                     b',"choices":',
                 )
             )
-        parts = [self._head, _dumps(choices)]
+        parts = [self._head, _dumps(self._shaped(choices))]
         if self.include_usage:
             parts.append(b',"usage":')
             parts.append(
@@ -124,6 +125,12 @@ class Formatter:
             )
         parts.append(b"}\n\n")
         return b"".join(parts)
+
+    def _shaped(self, choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not self.logprobs_field:
+            for choice in choices:
+                choice.pop("logprobs", None)
+        return choices
 
     async def frames(
         self, outputs: AsyncIterator[tuple[int, EngineOutput]]
@@ -162,7 +169,7 @@ class Formatter:
             "object": self.object_name,
             "created": self.created,
             "model": self.model,
-            "choices": [self.final_choice(i, c) for i, c in enumerate(self.choices)],
+            "choices": self._shaped([self.final_choice(i, c) for i, c in enumerate(self.choices)]),
             "usage": self.usage(),
         }
 
@@ -227,8 +234,8 @@ class CompletionFormatter(Formatter):
 
 @dataclass(slots=True)
 class ChatFormatter(Formatter):
-    object_name = "chat.completion"
-    chunk_object_name = "chat.completion.chunk"
+    object_name: str = "chat.completion"
+    chunk_object_name: str = "chat.completion.chunk"
 
     def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
         return [

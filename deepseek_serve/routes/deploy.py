@@ -17,7 +17,6 @@ from deepseek_serve.deploy_api import (
     ApiChat,
     ApiCompletion,
     ApiInsertion,
-    GuideShape,
     to_openai,
 )
 from deepseek_serve.engine import SamplingOptions
@@ -91,7 +90,8 @@ async def _answer(
     shape: tuple[type[CompletionFormatter] | type[ChatFormatter], str, str],
     stream: bool,
 ) -> Response:
-    """Run one prompt under its editor session and answer in the guide's shape."""
+    """Run one prompt under its editor session and answer in the guide's shape (its object
+    names, no ``logprobs`` in the choices)."""
     state = server_state(request)
     formatter_cls, object_name, chunk_name = shape
     formatter = formatter_cls(
@@ -101,12 +101,14 @@ async def _answer(
         prompt_lens=[len(prompt_ids)],
         n=1,
         want_logprobs=False,
+        object_name=object_name,
+        chunk_object_name=chunk_name,
+        logprobs_field=False,
     )
     outputs = guarded(
         state.sessions, session, engine_outputs(state.engine, request_id, [prompt_ids], options)
     )
-    guide = GuideShape(formatter, object_name, chunk_name, request_id)
-    return await respond(request, guide, outputs, stream=stream)
+    return await respond(request, formatter, outputs, stream=stream)
 
 
 routes = [

@@ -84,10 +84,12 @@ def test_streams(client_engine: tuple[TestClient, FakeEngine]) -> None:
     chunks = [json.loads(f) for f in frames[:-1]]
     assert {c["object"] for c in chunks} == {"text_insertion"}
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("ins-")
+    assert all("logprobs" not in choice for c in chunks for choice in c["choices"])
     r = client.post("/api/v1/chat", json={"messages": [{"role": "user", "content": "hi"}],
                                           "max_tokens": 3, "stream": True})  # fmt: skip
     chunks = [json.loads(f[len("data: ") :]) for f in r.text.split("\n\n")[:-2]]
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert all("logprobs" not in choice for c in chunks for choice in c["choices"])
 
 
 @pytest.mark.parametrize(
