@@ -6,12 +6,12 @@ concatenated stream equals the full response.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from deepseek_serve.engine import EngineOutput, SequenceDelta, TokenLogprob
+from deepseek_serve.streaming import json_bytes
 
 
 @dataclass(slots=True)
@@ -107,21 +107,23 @@ class Formatter:
             self._head = b"".join(
                 (
                     b'data: {"id":',
-                    _dumps(self.request_id),
+                    json_bytes(self.request_id),
                     b',"object":',
-                    _dumps(self.chunk_object_name),
+                    json_bytes(self.chunk_object_name),
                     b',"created":',
-                    _dumps(self.created),
+                    json_bytes(self.created),
                     b',"model":',
-                    _dumps(self.model),
+                    json_bytes(self.model),
                     b',"choices":',
                 )
             )
-        parts = [self._head, _dumps(self._shaped(choices))]
+        parts = [self._head, json_bytes(self._shaped(choices))]
         if self.include_usage:
             parts.append(b',"usage":')
             parts.append(
-                _dumps(usage if usage is not None or not self.continuous_usage else self.usage())
+                json_bytes(
+                    usage if usage is not None or not self.continuous_usage else self.usage()
+                )
             )
         parts.append(b"}\n\n")
         return b"".join(parts)
@@ -155,7 +157,7 @@ class Formatter:
                     for_usage = False
                     parts.append(self._chunk([], self.usage()))
             if parts:
-                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                yield b"".join(parts)
         if for_usage:
             yield self._chunk([], self.usage())
 
@@ -278,7 +280,3 @@ class ChatFormatter(Formatter):
 
 def _chat_token(token: str, logprob: float) -> dict[str, Any]:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

@@ -28,12 +28,13 @@ DONE_FRAME = b"data: [DONE]\n\n"
 T = TypeVar("T")
 
 
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON as sent on the wire (UTF-8, not ASCII-escaped)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def sse_frame(payload: dict[str, Any]) -> bytes:
-    return (
-        b"data: "
-        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        + b"\n\n"
-    )
+    return b"data: " + json_bytes(payload) + b"\n\n"
 
 
 async def engine_outputs(
