@@ -88,7 +88,8 @@ async def _aclose(stream: AsyncIterator[Any]) -> None:
 
 
 async def guarded_frames(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``frames`` followed by ``[DONE]``; an error mid-stream becomes an error frame first."""
+    """``frames``; an error mid-stream becomes a last error frame (``[DONE]`` follows from
+    ``SSEResponse``)."""
     try:
         async for frame in frames:
             yield frame
@@ -98,7 +99,6 @@ async def guarded_frames(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield sse_frame(error.to_payload())
     finally:
         await _aclose(frames)
-    yield DONE_FRAME
 
 
 async def first_then_rest(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -126,23 +126,21 @@ async def first_then_rest(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 class SSEResponse(StreamingResponse):
     """A stream that always listens for the client's disconnect (whatever ASGI spec version the
-    server speaks) and always closes its iterator, so engine requests are aborted at once."""
+    server speaks) and always closes its iterator, so engine requests are aborted at once.
+    ``end`` (``[DONE]`` for OpenAI streams) goes out in the same write as the end of the body."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, frames: AsyncIterator[bytes]) -> None:
+    def __init__(self, frames: AsyncIterator[bytes], end: bytes = b"") -> None:
         super().__init__(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.end = end
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})  # fmt: skip
-        last = b""
         async for frame in self.body_iterator:
-            if frame is DONE_FRAME:  # always the last frame: it goes out with the end of the body
-                last = frame
-                break
             await send({"type": "http.response.body", "body": frame, "more_body": True})
-        await send({"type": "http.response.body", "body": last, "more_body": False})
+        await send({"type": "http.response.body", "body": self.end, "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def listen() -> None:
@@ -200,7 +198,7 @@ async def respond(
     """An SSE stream or one JSON body; a client that leaves aborts the engine work either way."""
     if stream:
         frames = await until_disconnected(request, lambda: first_then_rest(builder.frames(outputs)))
-        return SSEResponse(guarded_frames(frames))
+        return SSEResponse(guarded_frames(frames), end=DONE_FRAME)
     return JSONResponse(await until_disconnected(request, lambda: builder.collect(outputs)))
 
 

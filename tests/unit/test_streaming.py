@@ -97,7 +97,8 @@ def test_done_goes_out_with_the_end_of_the_body() -> None:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        response = SSEResponse(guarded_frames(_aiter([b"data: 1\n\n", b"data: 2\n\n"])))
+        frames = guarded_frames(_aiter([b"data: 1\n\n", b"data: 2\n\n"]))
+        response = SSEResponse(frames, end=DONE_FRAME)
         scope = {"type": "http", "asgi": {"spec_version": "2.4"}, "method": "GET"}
         await response(scope, receive, send)
 
