@@ -159,9 +159,14 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**self.engine_args())
+        stat_loggers: list[Any] | None = None
+        if not (args.disable_log_stats or self.settings.full_engine_metrics):
+            from deepseek_serve.engine_stats import EngineStatsLogger
+
+            stat_loggers = [EngineStatsLogger]
 
         def build() -> AsyncLLM:
-            llm = AsyncLLM.from_engine_args(args)
+            llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
             with self._lock:
                 if not self._closed:
                     self._llm = llm

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool | None = Field(
         None, description="Prefix caching (vLLM's default when unset)."
     )
+    full_engine_metrics: bool = Field(
+        False,
+        description="Expose all of vLLM's vllm:* metrics (about sixty families, updated every "
+        "engine step) instead of the lean set the dashboard reads.",
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other vLLM engine argument, e.g. {'kv_cache_memory_bytes': 2e9}. "

@@ -73,6 +73,28 @@ def test_metrics_has_ours_and_vllms(secured: LiveServer) -> None:
     assert "vllm:num_requests_running" in text
 
 
+def generation_tokens(text: str) -> float:
+    lines = [ln for ln in text.splitlines() if ln.startswith("vllm:generation_tokens_total{")]
+    assert len(lines) == 1, lines
+    return float(lines[0].rsplit(" ", 1)[1])
+
+
+def test_lean_engine_metrics_count_what_the_engine_did(secured: LiveServer) -> None:
+    """The server's engine stat logger replaces vLLM's (its families, not vLLM's sixty)."""
+    before = httpx.get(f"{secured.base_url}/metrics", headers=auth()).text
+    client_for(secured, LOAD_KEY).completions.create(
+        model=NAME, prompt="def f(", max_tokens=5, extra_body={"ignore_eos": True}
+    )
+    after = httpx.get(f"{secured.base_url}/metrics", headers=auth()).text
+    assert generation_tokens(after) - generation_tokens(before) == 5
+    assert any(
+        ln.startswith("vllm:request_success_total{") and 'finished_reason="length"' in ln
+        for ln in after.splitlines()
+    )
+    assert "vllm:kv_cache_usage_perc" in after
+    assert "vllm:inter_token_latency_seconds" not in after  # per token: ours has it by route
+
+
 def test_engine_ports_are_bound_to_loopback_only(secured: LiveServer) -> None:
     tree = [psutil.Process(secured.process.pid)]
     tree += tree[0].children(recursive=True)

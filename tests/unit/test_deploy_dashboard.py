@@ -31,7 +31,7 @@ SERVER_METRICS: dict[str, str] = {
     "deepseek_serve_requests_waiting": "gauge",
     "deepseek_serve_engine_healthy": "gauge",
 }
-# vLLM metrics the dashboard must show (their existence is checked against vLLM's source).
+# vLLM metrics the dashboard must show (the server exposes them through its lean engine logger).
 REQUIRED_VLLM_METRICS = {
     "vllm:num_requests_running",
     "vllm:num_requests_waiting",
@@ -52,7 +52,7 @@ def test_the_metric_list_is_the_servers() -> None:
     assert real == SERVER_METRICS
 
 
-def vllm_metric_types() -> dict[str, str]:
+def vllm_source_metric_types() -> dict[str, str]:
     """vLLM's Prometheus metrics and their types, read from the installed vLLM's source."""
     spec = importlib.util.find_spec("vllm")
     assert spec and spec.submodule_search_locations
@@ -62,6 +62,27 @@ def vllm_metric_types() -> dict[str, str]:
     )
     assert len(found) > 20, f"cannot read vLLM's metrics from {source}"
     return {name: kind for kind, name in found}
+
+
+def vllm_metric_types() -> dict[str, str]:
+    """The vllm:* metrics the server exposes by default (``deepseek_serve.engine_stats``)."""
+    from deepseek_serve import engine_stats as es
+
+    return (
+        {name: "gauge" for _, name, _ in es.GAUGES}
+        | {name: "counter" for _, name, _ in es.COUNTERS}
+        | {es.SUCCESS[0]: "counter"}
+        | {name: "histogram" for _, name, _, _ in es.HISTOGRAMS}
+    )
+
+
+def test_the_lean_engine_metrics_keep_vllms_names_and_types() -> None:
+    from deepseek_serve.engine_stats import FAMILIES
+
+    ours = vllm_metric_types()
+    assert set(ours) == set(FAMILIES)
+    vllms = vllm_source_metric_types()
+    assert {name: vllms.get(name) for name in ours} == ours
 
 
 def exposed_names(metric_types: dict[str, str]) -> dict[str, str]:
