@@ -155,6 +155,8 @@ class VLLMEngine:
         return args
 
     async def start(self) -> None:
+        # Importing vLLM takes seconds: off the event loop, so /health keeps answering.
+        await asyncio.to_thread(_import_vllm)
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -248,6 +250,17 @@ class VLLMEngine:
             # Still starting: the engine processes are our only children. Stopping them makes
             # the builder thread fail at once instead of finishing a start nobody wants.
             _terminate_children()
+
+
+def _import_vllm() -> None:
+    """The first import of vLLM, in a frame that holds nothing.
+
+    Some vLLM modules keep an exception from an optional import in a module global (e.g.
+    ``torchcodec`` missing). Its traceback keeps alive every frame that was on the stack when
+    vLLM was first imported, and each frame keeps its locals: imported from ``start``, that was
+    the engine client, which then outlived ``shutdown`` and whose ``__del__`` failed at
+    interpreter exit."""
+    import vllm.v1.engine.async_llm  # noqa: F401
 
 
 def _freeze_heap() -> None:

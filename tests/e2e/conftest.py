@@ -137,6 +137,10 @@ def start_server(
         assert proc.returncode not in (0, -signal.SIGTERM), "a dead engine must fail the process"
     else:
         assert proc.returncode == 0, f"server exited with {proc.returncode} after SIGTERM"
+        # An object that outlives shutdown has its __del__ run at interpreter exit, when its
+        # module is half torn down: Python prints "Exception ignored in ..." for it.
+        tail = live.log()[-20000:]
+        assert "Exception ignored in" not in tail, tail
     assert not leftover, f"engine processes left behind after SIGTERM: {leftover}"
 
 
