@@ -27,7 +27,7 @@ serve-demo: install
 
 # Ours against vLLM's own OpenAI server, same tiny model, interleaved rounds (benchmarks/README.md).
 BENCH_ARGS ?= --dataset-name random --random-input-len 256 --random-output-len 64 --ignore-eos \
-	--num-prompts 160,320,640 --max-concurrency 1,8,32 --rounds 16 --num-warmups 4 --save-result
+	--num-prompts 160,512,2048 --max-concurrency 1,8,32 --rounds 16 --num-warmups 4 --save-result
 bench-compare: install
 	$(BIN)/deepseek-serve bench --compare ours vllm $(BENCH_ARGS) --result-dir bench-results/compare
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.metrics import compute_metrics, parse_goodput
+from benchmarks.metrics import compute_metrics, parse_goodput, round_ratio_intervals
 from benchmarks.report import format_compare, markdown, plot, save_json, summary
 from benchmarks.servers import (
     STARTABLE,
@@ -300,6 +300,7 @@ async def _run_all(
                 outcome = await run_once(session, targets[0], requests, load, bar.update, meters[0])
                 outcomes = [outcome]
                 ratios: list[float] = []
+                intervals: dict[str, tuple[float, float]] = {}
             else:
                 cmp = await run_compare(
                     session,
@@ -317,6 +318,9 @@ async def _run_all(
                     for tk, du in zip(cmp.round_output_tokens, cmp.round_durations, strict=True)
                 ]
                 ratios = [x / y if y else 0.0 for x, y in zip(thr[0], thr[1], strict=True)]
+                intervals = round_ratio_intervals(
+                    cmp.round_output_tokens, cmp.round_durations, cmp.round_ttfts, seed=args.seed
+                )
             bar.close()
             level_runs = []
             for target, outcome in zip(targets, outcomes, strict=True):
@@ -332,6 +336,8 @@ async def _run_all(
                     result.update(cpu_metrics(outcome.cpu, result))
                 if ratios and target is targets[0]:
                     result["round_output_throughput_ratios"] = ratios
+                    for name, bounds in intervals.items():
+                        result[f"{name}_ratio_ci95"] = list(bounds)
                 level_runs.append(result)
                 print(summary(result, percentiles, f"[{target.label} c={level or '-'}]"))
             if len(targets) == 2:

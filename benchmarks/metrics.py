@@ -162,3 +162,50 @@ def parse_goodput(items: Sequence[str]) -> dict[str, float]:
             raise ValueError(f"goodput SLO {item!r} must not be negative")
         out[name] = ms
     return out
+
+
+def round_ratio_intervals(
+    tokens: Sequence[Sequence[int]],
+    durations: Sequence[Sequence[float]],
+    ttfts: Sequence[Sequence[Sequence[float]]],
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Confidence intervals of target A's ratios to target B from interleaved rounds
+    (``[target][round]``): a paired bootstrap that resamples whole rounds, each time both
+    targets' turns of the same round, and recomputes the pooled ratios the comparison reports
+    (output tokens over summed turn durations; median TTFT over the pooled requests).
+
+    A round is the unit because the machine's noise comes in stretches: requests within one turn
+    are not independent, adjacent turns of A and B share the machine's state. An interval that
+    excludes 1.0 is a difference this run can tell apart from noise; one that includes it is not.
+    """
+    n_rounds = len(durations[0]) if durations else 0
+    if len(tokens) != 2 or len(durations) != 2 or len(ttfts) != 2 or n_rounds < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n_rounds, size=(resamples, n_rounds))
+    tok = np.asarray(tokens, dtype=float)
+    dur = np.asarray(durations, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        thr = tok[:, picks].sum(axis=2) / dur[:, picks].sum(axis=2)
+        thr_ratio = thr[0] / thr[1]
+    ttft_ratio = np.full(resamples, np.nan)
+    rounds_a = [np.asarray(r, dtype=float) for r in ttfts[0]]
+    rounds_b = [np.asarray(r, dtype=float) for r in ttfts[1]]
+    for i, pick in enumerate(picks):
+        a = np.concatenate([rounds_a[k] for k in pick])
+        b = np.concatenate([rounds_b[k] for k in pick])
+        if a.size and b.size:
+            mb = np.median(b)
+            ttft_ratio[i] = np.median(a) / mb if mb > 0 else np.nan
+    tail = (1.0 - level) / 2 * 100
+    out: dict[str, tuple[float, float]] = {}
+    for name, values in (("output_throughput", thr_ratio), ("median_ttft", ttft_ratio)):
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            lo, hi = np.percentile(finite, [tail, 100 - tail])
+            out[name] = (float(lo), float(hi))
+    return out

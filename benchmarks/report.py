@@ -122,6 +122,19 @@ def format_compare(
             + " ".join(f"{x:.3f}" for x in spread)
             + f"  (median {sorted(spread)[len(spread) // 2]:.3f})"
         )
+    intervals = [
+        f"{name} {la}/{lb} {a[key][0]:.3f}-{a[key][1]:.3f}x"
+        for key, name in (
+            ("output_throughput_ratio_ci95", "output throughput"),
+            ("median_ttft_ratio_ci95", "median TTFT"),
+        )
+        if key in a
+    ]
+    if intervals:
+        rounds = len(spread) if spread else "the"
+        lines.append(
+            f"95% intervals (paired bootstrap over {rounds} rounds): " + "; ".join(intervals)
+        )
     return "\n".join(lines)
 
 

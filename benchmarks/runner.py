@@ -225,6 +225,7 @@ class CompareOutcome:
     per_target: list[RunOutcome]
     round_durations: list[list[float]]  # [target][round]
     round_output_tokens: list[list[int]]
+    round_ttfts: list[list[list[float]]]  # [target][round]: TTFTs of the successful requests
 
 
 async def run_compare(
@@ -249,6 +250,7 @@ async def run_compare(
     outputs: list[list[RequestOutput]] = [[] for _ in targets]
     durations: list[list[float]] = [[] for _ in targets]
     tokens: list[list[int]] = [[] for _ in targets]
+    ttfts: list[list[list[float]]] = [[] for _ in targets]
     cpu: list[tuple[float, float] | None] = [None for _ in targets]
     for k, chunk in enumerate(slices):
         order = list(range(len(targets)))
@@ -262,8 +264,9 @@ async def run_compare(
             outputs[t].extend(res.outputs)
             durations[t].append(res.duration)
             tokens[t].append(sum(o.output_tokens for o in res.outputs if o.success))
+            ttfts[t].append([o.ttft for o in res.outputs if o.success])
             if res.cpu is not None:
                 api, engine = cpu[t] or (0.0, 0.0)
                 cpu[t] = (api + res.cpu[0], engine + res.cpu[1])
     per_target = [RunOutcome(outputs[t], sum(durations[t]), cpu[t]) for t in range(len(targets))]
-    return CompareOutcome(per_target, durations, tokens)
+    return CompareOutcome(per_target, durations, tokens, ttfts)

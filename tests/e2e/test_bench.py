@@ -89,3 +89,28 @@ def test_chat_and_fim_workloads(server: LiveServer, tmp_path: Path) -> None:
         assert (r["completed"], r["failed"], r["total_output_tokens"]) == (3, 0, 12), name
         assert r["backend"] == ("openai-chat" if name == "chat" else "openai")
         assert r["total_input_tokens"] > 3 * 100
+
+
+def test_compare_reports_ratios_with_round_intervals(server: LiveServer, tmp_path: Path) -> None:
+    """``--compare`` of the server with itself (two spellings of its URL): the ratio table, the
+    per-round ratios and the bootstrap intervals, which must hold the pooled ratio."""
+    a, b = server.base_url, server.base_url + "/"
+    proc = bench(
+        "--compare", a, b, "--dataset-name", "random", "--num-prompts", "8",
+        "--random-input-len", "32", "--random-output-len", "4", "--ignore-eos",
+        "--max-concurrency", "2", "--rounds", "4", "--settle", "0",
+        "--save-result", "--result-dir", str(tmp_path),
+    )  # fmt: skip
+    assert "Interleaved comparison, concurrency 2 (4 rounds)" in proc.stdout
+    assert "95% intervals (paired bootstrap over 4 rounds)" in proc.stdout
+    results = [load(p) for p in sorted(tmp_path.glob("*concurrency2-*.json"))]
+    first = next(r for r in results if r["base_url"] == a)
+    second = next(r for r in results if r["base_url"] == b)
+    assert first["completed"] == second["completed"] == 8
+    assert len(first["round_output_throughput_ratios"]) == 4
+    ratio = first["output_throughput"] / second["output_throughput"]
+    lo, hi = first["output_throughput_ratio_ci95"]
+    assert 0 < lo <= ratio <= hi
+    lo, hi = first["median_ttft_ratio_ci95"]
+    assert 0 < lo <= hi
+    assert "round_output_throughput_ratios" not in second

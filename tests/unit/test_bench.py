@@ -12,7 +12,7 @@ import pytest
 from benchmarks import runner
 from benchmarks.cli import load_tokenizer
 from benchmarks.client import RequestOutput, SSEParser
-from benchmarks.metrics import compute_metrics, parse_goodput
+from benchmarks.metrics import compute_metrics, parse_goodput, round_ratio_intervals
 from benchmarks.report import compare_table, format_compare, summary
 from benchmarks.runner import LoadSpec, RunOutcome, Target, arrival_times, split_rounds
 from benchmarks.workloads import (
@@ -124,6 +124,12 @@ def test_summary_and_comparison_tables(outputs: list[RequestOutput]) -> None:
     assert rows["Output token throughput (tok/s)"] == pytest.approx(2.0)
     assert rows["Median TTFT (ms)"] == pytest.approx(1.0)
     assert "a/b" in format_compare(a, b, ("a", "b"), [90, 99])
+    a["round_output_throughput_ratios"] = [0.5, 0.5]
+    a["output_throughput_ratio_ci95"] = [0.49, 0.52]
+    assert (
+        "95% intervals (paired bootstrap over 2 rounds): output throughput a/b 0.490-0.520x"
+        in format_compare(a, b, ("a", "b"), [90, 99])
+    )
 
 
 # --- arrivals ---
@@ -278,3 +284,37 @@ def test_compare_alternates_turns_and_settles_between_them(monkeypatch: pytest.M
     assert min(gaps) >= 0.05
     assert [o.duration for o in outcome.per_target] == pytest.approx([0.03, 0.03])
     assert outcome.round_output_tokens == [[20, 20, 20], [20, 20, 20]]
+    assert outcome.round_ttfts == [[[0.0, 0.0]] * 3, [[0.0, 0.0]] * 3]
+
+
+def test_round_intervals_separate_a_real_difference_from_noise() -> None:
+    rng = np.random.default_rng(1)
+    rounds = 16
+    machine = rng.uniform(0.7, 1.5, rounds)  # the host's speed drifts from round to round
+    # A does the same work in 0.9x of B's time, in every round, whatever the host's speed:
+    dur_b = 10.0 / machine
+    dur_a = 0.9 * dur_b
+    ttft_b = [list(0.1 / m * rng.uniform(0.8, 1.2, 20)) for m in machine]
+    ttft_a = [[0.8 * t for t in r] for r in ttft_b]
+    ci = round_ratio_intervals([[640] * rounds] * 2, [dur_a, dur_b], [ttft_a, ttft_b])
+    assert ci["output_throughput"] == pytest.approx((1 / 0.9, 1 / 0.9))
+    assert ci["median_ttft"] == pytest.approx((0.8, 0.8))
+
+    # Same server twice, each turn with its own noise: the intervals hold 1.0 and are wide.
+    same_a = 10.0 / machine * rng.uniform(0.7, 1.4, rounds)
+    same_b = 10.0 / machine * rng.uniform(0.7, 1.4, rounds)
+    noisy_a = [list(0.1 * rng.uniform(0.5, 2.0, 20)) for _ in machine]
+    noisy_b = [list(0.1 * rng.uniform(0.5, 2.0, 20)) for _ in machine]
+    ci = round_ratio_intervals([[640] * rounds] * 2, [same_a, same_b], [noisy_a, noisy_b])
+    for lo, hi in ci.values():
+        assert lo < 1.0 < hi and hi - lo > 0.1
+
+
+def test_round_intervals_need_two_targets_and_two_rounds() -> None:
+    assert round_ratio_intervals([[64], [64]], [[1.0], [1.0]], [[[0.1]], [[0.1]]]) == {}
+    assert round_ratio_intervals([[64, 64]], [[1.0, 1.0]], [[[0.1], [0.1]]]) == {}
+    # No successful request in B: no ratio to bound.
+    none_in_b = round_ratio_intervals(
+        [[64, 64], [0, 0]], [[1.0, 1.0], [1.0, 1.0]], [[[0.1]] * 2, [[], []]]
+    )
+    assert none_in_b == {}
