@@ -301,6 +301,7 @@ async def _run_all(
                 outcomes = [outcome]
                 ratios: list[float] = []
                 intervals: dict[str, tuple[float, float]] = {}
+                per_round: list[dict[str, Any]] = [{}]
             else:
                 cmp = await run_compare(
                     session,
@@ -318,12 +319,16 @@ async def _run_all(
                     for tk, du in zip(cmp.round_output_tokens, cmp.round_durations, strict=True)
                 ]
                 ratios = [x / y if y else 0.0 for x, y in zip(thr[0], thr[1], strict=True)]
+                per_round = [
+                    {"round_durations": du, "round_output_tokens": tk}
+                    for du, tk in zip(cmp.round_durations, cmp.round_output_tokens, strict=True)
+                ]
                 intervals = round_ratio_intervals(
                     cmp.round_output_tokens, cmp.round_durations, cmp.round_ttfts, seed=args.seed
                 )
             bar.close()
             level_runs = []
-            for target, outcome in zip(targets, outcomes, strict=True):
+            for target, outcome, rounds in zip(targets, outcomes, per_round, strict=True):
                 result = compute_metrics(
                     outcome.outputs,
                     outcome.duration,
@@ -334,6 +339,7 @@ async def _run_all(
                 result.update(_run_info(args, target, requests, level))
                 if outcome.cpu is not None:
                     result.update(cpu_metrics(outcome.cpu, result))
+                result.update(rounds)  # each turn's duration and tokens, in round order
                 if ratios and target is targets[0]:
                     result["round_output_throughput_ratios"] = ratios
                     for name, bounds in intervals.items():

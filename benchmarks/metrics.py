@@ -174,30 +174,39 @@ def round_ratio_intervals(
     seed: int = 0,
 ) -> dict[str, tuple[float, float]]:
     """Confidence intervals of target A's ratios to target B from interleaved rounds
-    (``[target][round]``): a paired bootstrap that resamples whole rounds, each time both
-    targets' turns of the same round, and recomputes the pooled ratios the comparison reports
-    (output tokens over summed turn durations; median TTFT over the pooled requests).
+    (``[target][round]``), by a paired block bootstrap: it resamples whole blocks of two rounds
+    (turns A B B A, the unit in which each target goes first once and second once), and
+    recomputes the pooled ratios the comparison reports (output tokens over summed turn
+    durations; median TTFT over the pooled requests).
 
-    A round is the unit because the machine's noise comes in stretches: requests within one turn
-    are not independent, adjacent turns of A and B share the machine's state. An interval that
-    excludes 1.0 is a difference this run can tell apart from noise; one that includes it is not.
+    Blocks, not requests or single rounds, because this machine's noise comes in stretches that
+    span neighbouring turns; resampling finer units gave intervals too narrow in A/A runs (one
+    server compared with itself). An interval that excludes 1.0 is a difference this run tells
+    apart from its own noise; one that includes it is not.
     """
     n_rounds = len(durations[0]) if durations else 0
     if len(tokens) != 2 or len(durations) != 2 or len(ttfts) != 2 or n_rounds < 2:
         return {}
+    blocks = [list(range(k, min(k + 2, n_rounds))) for k in range(0, n_rounds, 2)]
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n_rounds, size=(resamples, n_rounds))
+    chosen = rng.integers(0, len(blocks), size=(resamples, len(blocks)))
     tok = np.asarray(tokens, dtype=float)
     dur = np.asarray(durations, dtype=float)
+    # rounds of each resample, as a (resamples, rounds) 0/1 count matrix: a block drawn twice
+    # counts its rounds twice
+    counts = np.zeros((resamples, n_rounds))
+    for b, rounds in enumerate(blocks):
+        counts[:, rounds] += (chosen == b).sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        thr = tok[:, picks].sum(axis=2) / dur[:, picks].sum(axis=2)
-        thr_ratio = thr[0] / thr[1]
+        thr_a = (counts @ tok[0]) / (counts @ dur[0])
+        thr_b = (counts @ tok[1]) / (counts @ dur[1])
+        thr_ratio = thr_a / thr_b
     ttft_ratio = np.full(resamples, np.nan)
     rounds_a = [np.asarray(r, dtype=float) for r in ttfts[0]]
     rounds_b = [np.asarray(r, dtype=float) for r in ttfts[1]]
-    for i, pick in enumerate(picks):
-        a = np.concatenate([rounds_a[k] for k in pick])
-        b = np.concatenate([rounds_b[k] for k in pick])
+    for i, row in enumerate(counts.astype(int)):
+        a = np.concatenate([np.tile(rounds_a[k], c) for k, c in enumerate(row) if c])
+        b = np.concatenate([np.tile(rounds_b[k], c) for k, c in enumerate(row) if c])
         if a.size and b.size:
             mb = np.median(b)
             ttft_ratio[i] = np.median(a) / mb if mb > 0 else np.nan

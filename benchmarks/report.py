@@ -133,7 +133,7 @@ def format_compare(
     if intervals:
         rounds = len(spread) if spread else "the"
         lines.append(
-            f"95% intervals (paired bootstrap over {rounds} rounds): " + "; ".join(intervals)
+            f"95% intervals (block bootstrap over {rounds} rounds): " + "; ".join(intervals)
         )
     return "\n".join(lines)
 

@@ -102,12 +102,15 @@ def test_compare_reports_ratios_with_round_intervals(server: LiveServer, tmp_pat
         "--save-result", "--result-dir", str(tmp_path),
     )  # fmt: skip
     assert "Interleaved comparison, concurrency 2 (4 rounds)" in proc.stdout
-    assert "95% intervals (paired bootstrap over 4 rounds)" in proc.stdout
+    assert "95% intervals (block bootstrap over 4 rounds)" in proc.stdout
     results = [load(p) for p in sorted(tmp_path.glob("*concurrency2-*.json"))]
     first = next(r for r in results if r["base_url"] == a)
     second = next(r for r in results if r["base_url"] == b)
     assert first["completed"] == second["completed"] == 8
     assert len(first["round_output_throughput_ratios"]) == 4
+    for r in (first, second):
+        assert len(r["round_durations"]) == 4 and sum(r["round_output_tokens"]) == 8 * 4
+        assert sum(r["round_durations"]) == pytest.approx(r["duration"])
     ratio = first["output_throughput"] / second["output_throughput"]
     lo, hi = first["output_throughput_ratio_ci95"]
     assert 0 < lo <= ratio <= hi

@@ -127,7 +127,7 @@ def test_summary_and_comparison_tables(outputs: list[RequestOutput]) -> None:
     a["round_output_throughput_ratios"] = [0.5, 0.5]
     a["output_throughput_ratio_ci95"] = [0.49, 0.52]
     assert (
-        "95% intervals (paired bootstrap over 2 rounds): output throughput a/b 0.490-0.520x"
+        "95% intervals (block bootstrap over 2 rounds): output throughput a/b 0.490-0.520x"
         in format_compare(a, b, ("a", "b"), [90, 99])
     )
 
