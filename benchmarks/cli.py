@@ -16,7 +16,9 @@ import dataclasses
 import json
 import platform
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -241,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_dir=args.result_dir / "logs",
     )
     started: list[RunningServer] = []
+    _stop_on_sigterm()
     try:
         urls: list[tuple[str, str, str | None, RunningServer | None]] = []
         for spec_name in specs:
@@ -357,6 +360,18 @@ async def _run_all(
                 comparisons.append((level, table))
             runs.extend(level_runs)
     return runs, comparisons
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a job runner's stop, ``kill``) ends the run like Ctrl-C does: through the
+    ``finally`` that stops the servers started here. Python's default would exit at once and
+    leave them running in their own process groups."""
+    if threading.current_thread() is threading.main_thread():
+
+        def stop(signum: int, _frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
 
 
 def cpu_metrics(cpu: tuple[float, float], result: dict[str, Any]) -> dict[str, float]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -117,3 +118,42 @@ def test_compare_reports_ratios_with_round_intervals(server: LiveServer, tmp_pat
     lo, hi = first["median_ttft_ratio_ci95"]
     assert 0 < lo <= hi
     assert "round_output_throughput_ratios" not in second
+
+
+def test_sigterm_stops_the_servers_the_benchmark_started(tmp_path: Path) -> None:
+    """A benchmark stopped with SIGTERM (a job runner's stop) takes the servers it started down
+    with it, as Ctrl-C does; they run in their own process groups, so nothing else would."""
+    import signal
+    import time
+
+    import psutil
+
+    cmd = [
+        sys.executable, "-m", "deepseek_serve", "bench", "--disable-tqdm", "--no-plots",
+        "--compare", "instant", "starlette", "--dataset-name", "random", "--num-prompts", "400",
+        "--random-input-len", "16", "--random-output-len", "4", "--request-rate", "2",
+        "--result-dir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        bench_process = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        servers: list[psutil.Process] = []
+        while len(servers) < 2:  # both servers listening: the run is under way
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the servers did not start"
+            time.sleep(0.5)
+            servers = []
+            for child in bench_process.children():
+                with contextlib.suppress(psutil.Error):
+                    if any(c.status == psutil.CONN_LISTEN for c in child.net_connections()):
+                        servers.append(child)
+        everything = servers + [p for s in servers for p in s.children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(everything, timeout=30)
+        assert not alive, f"left running: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
