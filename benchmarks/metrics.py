@@ -179,10 +179,12 @@ def round_ratio_intervals(
     recomputes the pooled ratios the comparison reports (output tokens over summed turn
     durations; median TTFT over the pooled requests).
 
-    Blocks, not requests or single rounds, because this machine's noise comes in stretches that
-    span neighbouring turns; resampling finer units gave intervals too narrow in A/A runs (one
-    server compared with itself). An interval that excludes 1.0 is a difference this run tells
-    apart from its own noise; one that includes it is not.
+    Blocks, not requests or single rounds, because a shared machine's noise comes in stretches
+    that span neighbouring turns; resampling single rounds gave intervals far too narrow in A/A
+    runs (one server compared with itself). Blocks are better but not enough on a noisy 2-core
+    VM either: there, A/A intervals still missed 1.0 in 3 of 12 cases (benchmarks/README.md).
+    An interval that excludes 1.0 is a difference this run tells apart from its own noise; how
+    far that carries to the next run is what an A/A comparison on the same machine says.
     """
     n_rounds = len(durations[0]) if durations else 0
     if len(tokens) != 2 or len(durations) != 2 or len(ttfts) != 2 or n_rounds < 2:
