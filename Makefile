@@ -47,13 +47,13 @@ test-e2e: install
 	$(BIN)/python -m pytest -q -m e2e
 
 lint: install
-	$(BIN)/ruff check deepseek_serve benchmarks tests
-	$(BIN)/ruff format --check deepseek_serve benchmarks tests
+	$(BIN)/ruff check deepseek_serve tests
+	$(BIN)/ruff format --check deepseek_serve tests
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format deepseek_serve benchmarks tests
-	$(BIN)/ruff check --fix deepseek_serve benchmarks tests
+	$(BIN)/ruff format deepseek_serve tests
+	$(BIN)/ruff check --fix deepseek_serve tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

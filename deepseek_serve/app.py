@@ -1,10 +1,11 @@
 """The Starlette application: ``create_app(settings, engine, tokenizer)``.
 
-A request goes: ``observability.RequestContext`` (request id, access log, metrics) -> CORS when
-configured -> ``gate.Gate`` (size caps, API key, rate limits, backpressure) ->
-``routes/<concept>.py`` -> ``protocol.parse_body`` (validation) ->
-``prompts.PromptBuilder`` (DeepSeek rendering, tokenization, limits) -> ``engine.Engine`` ->
-``formatting`` (OpenAI JSON / SSE chunks) -> ``streaming`` (SSE, disconnects).
+A request goes: ``http.observability.RequestContext`` (request id, access log, metrics) -> CORS
+when configured -> ``http.gate.Gate`` (size caps, API key, rate limits, backpressure) ->
+``routes/<dialect>/`` (``http.state.open_request``: body, model, readiness, session) ->
+``prompts.validation.Validator`` (DeepSeek rendering, tokenization, every limit) ->
+``http.tracking.TrackedEngine`` -> ``engine.Engine`` -> the dialect's formatter ->
+``http.streaming.respond`` (JSON or SSE, disconnects).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,19 +24,19 @@ from starlette.responses import JSONResponse, Response
 
 from deepseek_serve.engine import Engine
 from deepseek_serve.errors import APIError, InternalError, MethodNotAllowedError, NotFoundError
-from deepseek_serve.gate import Gate
-from deepseek_serve.lifecycle import watch_engine
-from deepseek_serve.observability import RequestContext
-from deepseek_serve.prompts import PromptBuilder
-from deepseek_serve.routes import all_routes
+from deepseek_serve.http.gate import Gate
+from deepseek_serve.http.lifecycle import watch_engine
+from deepseek_serve.http.observability import RequestContext
+from deepseek_serve.http.state import ServerState, server_state
+from deepseek_serve.http.streaming import ClientGone
+from deepseek_serve.prompts.tokenizer import PromptTokenizer
+from deepseek_serve.prompts.validation import Validator
+from deepseek_serve.routes import all_routes, dialects
 from deepseek_serve.settings import Settings
-from deepseek_serve.state import ServerState
-from deepseek_serve.streaming import ClientGone
-from deepseek_serve.tokenizer import PromptTokenizer
 
 logger = logging.getLogger(__name__)
 
-PostStartCheck = Callable[[Engine], None]
+PostStartCheck = Callable[[Engine], Awaitable[None]]
 
 
 def create_app(
@@ -50,17 +51,15 @@ def create_app(
     ``/health`` answers 503 while the model loads; ``post_start_check`` may refuse the started
     engine (raise), and ``on_fatal`` is told when the engine could not start or died."""
     state = ServerState.build(settings, engine, tokenizer)
+    state.dialects = dialects()
 
     async def start_engine() -> None:
         try:
             await engine.start()
             if post_start_check is not None:
-                post_start_check(engine)
-            state.prompts = PromptBuilder(
-                tokenizer,
-                engine.limits,
-                settings.default_completion_max_tokens,
-                settings.max_tokens_limit,
+                await post_start_check(engine)
+            state.validator = Validator.build(
+                settings, tokenizer, engine.limits, state.context_cache
             )
             state.metrics.engine_healthy.set(1)
             logger.info(
@@ -122,11 +121,17 @@ def create_app(
     return app
 
 
+def _answer(request: Request, error: APIError) -> Response:
+    """``error`` in the error shape of the dialect the request's route speaks."""
+    body = server_state(request).dialect(request.scope["path"]).error_body(error)
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
     if exc.status_code >= 500:
         logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return JSONResponse(exc.to_payload(), status_code=exc.status_code, headers=exc.headers)
+    return _answer(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -139,7 +144,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = APIError(str(exc.detail))
         error.status_code = exc.status_code
-    return JSONResponse(error.to_payload(), status_code=error.status_code, headers=exc.headers)
+    error.headers = dict(exc.headers or {})
+    return _answer(request, error)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -148,5 +154,4 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
-    error = InternalError(str(exc))
-    return JSONResponse(error.to_payload(), status_code=500)
+    return _answer(request, InternalError(str(exc)))

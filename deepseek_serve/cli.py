@@ -84,11 +84,11 @@ def settings_from_argv(argv: Sequence[str] | None = None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["bench"]:  # ``deepseek-serve bench ...``: the benchmark client
-        from benchmarks.cli import main as bench_main
+        from deepseek_serve.bench.cli import main as bench_main
 
         return bench_main(args[1:])
     settings = settings_from_argv(args)
-    from deepseek_serve.observability import configure_logging
+    from deepseek_serve.http.observability import configure_logging
     from deepseek_serve.server import StartupError, serve
 
     configure_logging(settings.log_level, settings.log_format)

@@ -7,15 +7,16 @@ about HTTP, and nothing above it imports vLLM.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import gc
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from deepseek_serve.errors import EngineDeadError, InternalError, InvalidRequestError
 
@@ -88,7 +89,25 @@ class ModelLimits:
     model_vocab_size: int
 
 
-class Engine(Protocol):
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """Engine replicas running against the number wanted (scale-out)."""
+
+    running: int
+    desired: int
+    states: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def degraded(self) -> bool:
+        return self.running < self.desired
+
+
+# What the engine-side tokenizer check runs: given the tokenizer the engine loaded, the problems
+# found (none: it tokenizes as DeepSeek does). Picklable, so replicas can run it where they are.
+TokenizerCheck = Callable[[Any], list[str]]
+
+
+class Engine(abc.ABC):
     """Contract between the HTTP layer and an inference engine.
 
     - ``start`` is awaited once before any other call; ``limits`` is valid after it.
@@ -99,28 +118,48 @@ class Engine(Protocol):
       otherwise.
     - ``num_unfinished_requests`` counts requests the engine still holds (running or waiting).
     - ``check_health`` raises ``EngineDeadError`` when the engine cannot serve.
+
+    Optional capabilities have defaults that mean "not applicable": ``capacity`` (replicas),
+    ``self_healing`` (the engine replaces itself when it dies, so the server must not exit),
+    ``check_tokenizer`` (run a check against the tokenizer the engine itself loaded).
     """
 
-    @property
-    def limits(self) -> ModelLimits: ...
+    limits: ModelLimits
+    # Ray Serve replaces dead replicas itself: the server must not exit when none is running.
+    self_healing: ClassVar[bool] = False
 
+    @abc.abstractmethod
     async def start(self) -> None: ...
 
+    @abc.abstractmethod
     def generate(
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
     ) -> AsyncIterator[EngineOutput]: ...
 
+    @abc.abstractmethod
     async def abort(self, request_id: str) -> None: ...
 
+    @abc.abstractmethod
     async def check_health(self) -> None: ...
 
+    @abc.abstractmethod
     def num_unfinished_requests(self) -> int: ...
 
+    @abc.abstractmethod
     async def shutdown(self) -> None: ...
+
+    async def capacity(self) -> Capacity | None:
+        """Replicas running and wanted; ``None`` for a single engine."""
+        return None
+
+    async def check_tokenizer(self, check: TokenizerCheck) -> list[str] | None:
+        """``check`` run against the tokenizer the engine loaded (on every replica); ``None``
+        when this engine has no tokenizer of its own to check."""
+        return None
 
 
 @dataclass(slots=True)
-class VLLMEngine:
+class VLLMEngine(Engine):
     """vLLM's ``AsyncLLM`` behind the ``Engine`` contract (CUDA in production, CPU in CI)."""
 
     settings: Settings
@@ -191,9 +230,8 @@ class VLLMEngine:
             raise EngineDeadError("The inference engine is still starting.")
         return self._llm
 
-    def engine_tokenizer(self) -> Any:
-        """The tokenizer vLLM loaded, for the post-start fidelity check."""
-        return self.llm.get_tokenizer()
+    async def check_tokenizer(self, check: TokenizerCheck) -> list[str] | None:
+        return check(self.llm.get_tokenizer())
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions

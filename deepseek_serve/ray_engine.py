@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from deepseek_serve.engine import EngineOutput, ModelLimits, SamplingOptions, VLLMEngine
+from deepseek_serve.engine import (
+    Capacity,
+    Engine,
+    EngineOutput,
+    ModelLimits,
+    SamplingOptions,
+    TokenizerCheck,
+    VLLMEngine,
+)
 from deepseek_serve.errors import (
     APIError,
     EngineDeadError,
@@ -108,6 +116,15 @@ class EngineReplica:
 
     async def limits(self) -> ModelLimits:
         return self.engine.limits
+
+    async def check_tokenizer(self, check: TokenizerCheck) -> dict[str, Any]:
+        """``check`` against the tokenizer this replica's vLLM loaded."""
+        from ray import serve
+
+        return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "problems": await self.engine.check_tokenizer(check) or [],
+        }
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds; raising makes it replace the replica."""
@@ -219,18 +236,7 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
 
 
 @dataclass
-class Capacity:
-    running: int
-    desired: int
-    states: dict[str, int]
-
-    @property
-    def degraded(self) -> bool:
-        return self.running < self.desired
-
-
-@dataclass
-class RayEngine:
+class RayEngine(Engine):
     """``Engine`` over N ``EngineReplica``s of a Ray Serve application."""
 
     # Ray Serve replaces dead replicas itself: the server must not exit when none is running.
@@ -326,6 +332,11 @@ class RayEngine:
         if stream is not None:
             stream.cancel()
 
+    async def check_tokenizer(self, check: TokenizerCheck) -> list[str] | None:
+        """Every running replica loaded its own tokenizer: each must pass ``check``."""
+        answers = await self._ask_every_replica("check_tokenizer", check)
+        return [f"replica {a['replica']}: {p}" for a in answers for p in a["problems"]]
+
     async def capacity(self) -> Capacity:
         """Running replicas against the number wanted (cached for ``STATUS_TTL_S``)."""
         now = time.monotonic()
@@ -357,10 +368,15 @@ class RayEngine:
     async def replicas(self) -> list[dict[str, Any]]:
         """Where the replicas run: one ``describe`` per running replica (by asking until every
         replica answered; for tests and operators)."""
+        return await self._ask_every_replica("describe")
+
+    async def _ask_every_replica(self, method: str, *args: Any) -> list[dict[str, Any]]:
+        """One answer (a dict with ``replica``) per running replica: the router picks the
+        replica, so ask until each has answered."""
         running = (await self.capacity()).running
         seen: dict[str, dict[str, Any]] = {}
         for _ in range(50 * max(running, 1)):
-            info = await self.handle.describe.remote()
+            info = await getattr(self.handle, method).remote(*args)
             seen[info["replica"]] = info
             if len(seen) >= running:
                 break

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from deepseek_serve.app import create_app
+from deepseek_serve.app import PostStartCheck, create_app
 from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, demo_dir, is_demo_dir
 from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
-from deepseek_serve.lifecycle import DrainingServer
-from deepseek_serve.settings import Settings
-from deepseek_serve.tokenizer import (
+from deepseek_serve.http.lifecycle import DrainingServer
+from deepseek_serve.prompts.tokenizer import (
     TokenizerFidelityError,
     TokenizerSetup,
     fidelity_problems,
     prepare_tokenizer,
 )
-from deepseek_serve.variant import Kind, UnsupportedModelError
+from deepseek_serve.prompts.variant import Kind, UnsupportedModelError
+from deepseek_serve.settings import Settings
 
 logger = logging.getLogger("deepseek_serve")
 
@@ -69,14 +69,14 @@ def check_tokenizer(settings: Settings, model: ResolvedModel) -> TokenizerSetup:
         raise StartupError(str(exc)) from exc
 
 
-def engine_tokenizer_check(setup: TokenizerSetup) -> Callable[[Engine], None]:
-    """After the engine starts: the tokenizer vLLM itself loaded must pass the same checks."""
+def engine_tokenizer_check(setup: TokenizerSetup) -> PostStartCheck:
+    """After the engine starts: the tokenizer vLLM itself loaded (on every replica) must pass
+    the same checks."""
 
-    def check(engine: Engine) -> None:
-        get = getattr(engine, "engine_tokenizer", None)
-        if get is None:
+    async def check(engine: Engine) -> None:
+        problems = await engine.check_tokenizer(partial(fidelity_problems, variant=setup.variant))
+        if problems is None:
             return
-        problems = fidelity_problems(get(), setup.variant)
         if problems:
             raise StartupError(
                 "the engine's tokenizer does not tokenize like DeepSeek: " + "; ".join(problems)

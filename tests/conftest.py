@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deepseek_serve.demo import DEMOS, packaged_tokenizer_dir
-from deepseek_serve.tokenizer import TokenizerSetup, prepare_tokenizer
+from deepseek_serve.prompts.tokenizer import TokenizerSetup, prepare_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from deepseek_serve.engine import (
+    Engine,
     EngineOutput,
     ModelLimits,
     SamplingOptions,
@@ -19,14 +20,14 @@ from deepseek_serve.engine import (
     TokenLogprob,
 )
 from deepseek_serve.errors import EngineDeadError, InternalError
-from deepseek_serve.tokenizer import PromptTokenizer
+from deepseek_serve.prompts.tokenizer import PromptTokenizer
 
 # Plain word pieces of the DeepSeek vocabulary, so outputs decode to readable text.
 WORDS = [" alpha", " beta", " gamma", " delta", "\n", " return", " x", " =", "1"]
 
 
 @dataclass
-class FakeEngine:
+class FakeEngine(Engine):
     tokenizer: PromptTokenizer
     max_model_len: int = 256
     model_vocab_size: int = 32256
@@ -42,7 +43,7 @@ class FakeEngine:
     dead: bool = False
 
     def __post_init__(self) -> None:
-        self.word_ids = []
+        self.word_ids: list[int] = []
         for word in WORDS:
             (token_id,) = self.tokenizer.hf.encode(word, add_special_tokens=False)
             self.word_ids.append(token_id)

@@ -11,19 +11,16 @@ from starlette.routing import Route
 
 from deepseek_serve import __version__
 from deepseek_serve.errors import APIError
-from deepseek_serve.state import server_state
+from deepseek_serve.http.state import server_state
 
 
 async def health(request: Request) -> JSONResponse:
     """200 only while the engine is up and serving; 503 while starting, draining, or after the
     engine died."""
     state = server_state(request)
-    if state.draining:
-        return JSONResponse({"status": "draining"}, status_code=503)
-    if state.failed is not None:
-        return JSONResponse({"status": "failed"}, status_code=503)
-    if state.prompts is None:
-        return JSONResponse({"status": "starting"}, status_code=503)
+    status = state.status()
+    if status != "serving":
+        return JSONResponse({"status": status}, status_code=503)
     try:
         await state.engine.check_health()
     except APIError:
@@ -32,9 +29,8 @@ async def health(request: Request) -> JSONResponse:
         "status": "ok",
         "requests_in_engine": state.engine.num_unfinished_requests(),
     }
-    capacity = getattr(state.engine.inner, "capacity", None)  # replicas (scale-out on Ray)
-    if capacity is not None:
-        replicas = await capacity()
+    replicas = await state.engine.capacity()  # replicas (scale-out on Ray), else None
+    if replicas is not None:
         body["replicas"] = {"running": replicas.running, "desired": replicas.desired}
         if replicas.degraded:
             body["status"] = "degraded"  # still serving, below the capacity asked for
@@ -59,7 +55,7 @@ async def models(request: Request) -> JSONResponse:
         "created": state.created,
         "owned_by": "deepseek_serve",
         "root": state.settings.model,
-        "max_model_len": state.prompts.limits.max_model_len if state.prompts else None,
+        "max_model_len": state.validator.limits.max_model_len if state.validator else None,
     }
     return JSONResponse({"object": "list", "data": [card]})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from deepseek_serve.variant import Family, Variant
+from deepseek_serve.prompts.variant import Family, Variant
 
 # Verbatim from the Coder v1 instruct template; inserted only when no message is a system one.
 V1_DEFAULT_SYSTEM_PROMPT = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepseek_serve.variant import Variant
+from deepseek_serve.prompts.variant import Variant
 
 
 def render_fim(prefix: str, suffix: str, variant: Variant) -> str:

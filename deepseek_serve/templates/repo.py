@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from deepseek_serve.prompts.variant import Variant
 from deepseek_serve.templates.fim import render_fim
-from deepseek_serve.variant import Variant
 
 
 @dataclass(frozen=True, slots=True)

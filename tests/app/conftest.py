@@ -8,8 +8,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
+from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from deepseek_serve.settings import Settings
-from deepseek_serve.tokenizer import TokenizerSetup
 from tests.fakes import FakeEngine
 
 MakeClient = Callable[..., tuple[TestClient, FakeEngine]]

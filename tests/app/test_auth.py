@@ -16,8 +16,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
-from deepseek_serve.auth import KeyFileError, KeyRing, bearer_token
-from deepseek_serve.tokenizer import TokenizerSetup
+from deepseek_serve.http.auth import KeyFileError, KeyRing, bearer_token
+from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from tests.app.conftest import MakeClient, settings_for
 from tests.fakes import FakeEngine
 

@@ -6,8 +6,8 @@ import json
 
 from starlette.testclient import TestClient
 
+from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from deepseek_serve.templates import ChatMessage, render_chat
-from deepseek_serve.tokenizer import TokenizerSetup
 from tests.app.conftest import MakeClient
 from tests.fakes import FakeEngine
 
@@ -94,7 +94,7 @@ def test_chat_logprobs(client: TestClient) -> None:
 
 
 def test_chat_on_base_model_is_refused(make_client: MakeClient, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from deepseek_serve.tokenizer import prepare_tokenizer
+    from deepseek_serve.prompts.tokenizer import prepare_tokenizer
     from tests.conftest import model_dir_with
 
     base = prepare_tokenizer(

@@ -6,7 +6,7 @@ import json
 
 from starlette.testclient import TestClient
 
-from deepseek_serve.tokenizer import TokenizerSetup
+from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from tests.app.conftest import MakeClient
 from tests.fakes import FakeEngine
 

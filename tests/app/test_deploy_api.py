@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from deepseek_serve.deploy_api import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, LANGUAGE_STOPS
+from deepseek_serve.routes.guide.protocol import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, LANGUAGE_STOPS
 from tests.fakes import FakeEngine
 
 FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from deepseek_serve.app import create_app
+from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from deepseek_serve.settings import Settings
-from deepseek_serve.tokenizer import TokenizerSetup
 from tests.fakes import FakeEngine
 
 
@@ -55,7 +55,7 @@ async def _run(
         "app": app,
     }
     async with app.router.lifespan_context(app):
-        while app.state.deepseek.prompts is None:
+        while app.state.deepseek.validator is None:
             await asyncio.sleep(0.001)
         if disconnect_after_chunks == 0:
             asyncio.get_running_loop().call_later(0.05, gone.set)

@@ -11,9 +11,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
-from deepseek_serve.scheduling import INTERACTIVE_PRIORITY
+from deepseek_serve.prompts.scheduling import INTERACTIVE_PRIORITY
+from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from deepseek_serve.settings import Settings
-from deepseek_serve.tokenizer import TokenizerSetup
 from tests.fakes import FakeEngine
 
 FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
@@ -123,7 +123,7 @@ async def _two_in_one_session(
     engine = FakeEngine(v1_setup.prompt_tokenizer, token_delay=0.01, max_model_len=4096)
     app = create_app(Settings(model="demo"), engine, v1_setup.prompt_tokenizer)
     async with app.router.lifespan_context(app):
-        while app.state.deepseek.prompts is None:
+        while app.state.deepseek.validator is None:
             await asyncio.sleep(0.001)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:

@@ -11,8 +11,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
+from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from deepseek_serve.settings import Settings
-from deepseek_serve.tokenizer import TokenizerSetup
 from tests.app.conftest import MakeClient
 from tests.fakes import FakeEngine
 from tests.plugins import vim_body, vscode_body
@@ -203,7 +203,7 @@ async def test_a_newer_request_of_the_session_supersedes_the_older(
     app = create_app(Settings(model="demo"), engine, v1_setup.prompt_tokenizer)
     body = vim_body(n_predict=300, n_indent=0, t_max_predict_ms=0, response_fields=None)
     async with app.router.lifespan_context(app):
-        while app.state.deepseek.prompts is None:
+        while app.state.deepseek.validator is None:
             await asyncio.sleep(0.001)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:

@@ -12,9 +12,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from deepseek_serve.errors import EngineDeadError
-from deepseek_serve.lifecycle import drain
-from deepseek_serve.observability import configure_logging
-from deepseek_serve.state import ServerState
+from deepseek_serve.http.lifecycle import drain
+from deepseek_serve.http.observability import configure_logging
+from deepseek_serve.http.state import ServerState
 from tests.app.conftest import MakeClient
 
 BODY = {"prompt": "def f(", "max_tokens": 3}

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
-from deepseek_serve.ray_engine import Capacity
+from deepseek_serve.engine import Capacity
+from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from deepseek_serve.settings import Settings
-from deepseek_serve.tokenizer import TokenizerSetup
 from tests.app.conftest import wait_ready
 from tests.fakes import FakeEngine
 

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks import runner
-from benchmarks.cli import load_tokenizer
-from benchmarks.client import RequestOutput, SSEParser
-from benchmarks.metrics import compute_metrics, parse_goodput, round_ratio_intervals
-from benchmarks.report import compare_table, format_compare, summary
-from benchmarks.runner import LoadSpec, RunOutcome, Target, arrival_times, split_rounds
-from benchmarks.workloads import (
+from deepseek_serve.bench import runner
+from deepseek_serve.bench.cli import load_tokenizer
+from deepseek_serve.bench.client import RequestOutput, SSEParser
+from deepseek_serve.bench.metrics import compute_metrics, parse_goodput, round_ratio_intervals
+from deepseek_serve.bench.report import compare_table, format_compare, summary
+from deepseek_serve.bench.runner import LoadSpec, RunOutcome, Target, arrival_times, split_rounds
+from deepseek_serve.bench.workloads import (
     CHAT,
     COMPLETIONS,
     FIM_BEGIN,
@@ -253,7 +253,7 @@ def test_chat_and_jsonl(tokenizer: Any, tmp_path: Any) -> None:
 
 
 def test_server_cpu_per_output_token() -> None:
-    from benchmarks.cli import cpu_metrics
+    from deepseek_serve.bench.cli import cpu_metrics
 
     m = cpu_metrics((0.5, 2.0), {"total_output_tokens": 1000})
     assert m["server_api_cpu_s"] == 0.5 and m["server_engine_cpu_s"] == 2.0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from deepseek_serve.context import PieceCache, pack_repo_prompt
 from deepseek_serve.errors import ContextWindowExceededError
+from deepseek_serve.prompts.packing import PieceCache, pack_repo_prompt
+from deepseek_serve.prompts.tokenizer import PromptTokenizer, TokenizerSetup
 from deepseek_serve.templates.repo import RepoFile, render_file, render_repo
-from deepseek_serve.tokenizer import PromptTokenizer, TokenizerSetup
 
 FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
 FILES = [

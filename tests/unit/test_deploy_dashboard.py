@@ -43,7 +43,7 @@ REQUIRED_VLLM_METRICS = {
 
 
 def test_the_metric_list_is_the_servers() -> None:
-    from deepseek_serve.observability import Metrics
+    from deepseek_serve.http.observability import Metrics
 
     real = {
         family.name + ("_total" if family.type == "counter" else ""): family.type

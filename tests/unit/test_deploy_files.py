@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deepseek_serve.auth import read_key_file
+from deepseek_serve.http.auth import read_key_file
 from deepseek_serve.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from deepseek_serve.engine import EngineOutput, SequenceDelta
-from deepseek_serve.formatting import ChatFormatter, CompletionFormatter, Formatter
-from deepseek_serve.streaming import DONE_FRAME, SSEResponse, guarded_frames, sse_frame
+from deepseek_serve.http.streaming import DONE_FRAME, SSEResponse, sse_frame, with_error_frame
+from deepseek_serve.routes.openai.formatting import ChatFormatter, CompletionFormatter, Formatter
 
 
 def _outputs(pieces: list[str], prompts: int = 1) -> list[tuple[int, EngineOutput]]:
@@ -97,7 +97,7 @@ def test_done_goes_out_with_the_end_of_the_body() -> None:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        frames = guarded_frames(_aiter([b"data: 1\n\n", b"data: 2\n\n"]))
+        frames = with_error_frame(_aiter([b"data: 1\n\n", b"data: 2\n\n"]))
         response = SSEResponse(frames, end=DONE_FRAME)
         scope = {"type": "http", "asgi": {"spec_version": "2.4"}, "method": "GET"}
         await response(scope, receive, send)

@@ -9,9 +9,9 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from deepseek_serve.demo import packaged_tokenizer_dir
+from deepseek_serve.prompts.tokenizer import PromptTokenizer, load_hf_tokenizer
+from deepseek_serve.prompts.variant import Family, Kind, Variant, detect_variant
 from deepseek_serve.templates import ChatMessage, render_chat, render_fim
-from deepseek_serve.tokenizer import PromptTokenizer, load_hf_tokenizer
-from deepseek_serve.variant import Family, Kind, Variant, detect_variant
 
 V1_SYSTEM = (
     "You are an AI programming assistant, utilizing the Deepseek Coder model, developed by "

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from deepseek_serve.demo import packaged_tokenizer_dir
-from deepseek_serve.tokenizer import (
+from deepseek_serve.prompts.tokenizer import (
     GOLDEN_SEPARATOR,
     PromptTokenizer,
     TokenizerFidelityError,
@@ -21,7 +21,13 @@ from deepseek_serve.tokenizer import (
     parse_golden,
     prepare_tokenizer,
 )
-from deepseek_serve.variant import Family, Kind, UnsupportedModelError, Variant, detect_variant
+from deepseek_serve.prompts.variant import (
+    Family,
+    Kind,
+    UnsupportedModelError,
+    Variant,
+    detect_variant,
+)
 
 HUB_LAYOUT = Path(__file__).resolve().parents[1] / "fixtures" / "deepseek-coder-hub-layout"
 V1_CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "bos_token_id": 32013}
@@ -255,7 +261,8 @@ def test_long_prompts_are_tokenized_off_the_event_loop(
     import threading
 
     from deepseek_serve.engine import ModelLimits
-    from deepseek_serve.prompts import OFF_LOOP_CHARS, PromptBuilder
+    from deepseek_serve.prompts.validation import OFF_LOOP_CHARS, Validator
+    from deepseek_serve.settings import Settings
 
     threads: list[str] = []
 
@@ -266,7 +273,7 @@ def test_long_prompts_are_tokenized_off_the_event_loop(
             threads.append(threading.current_thread().name)
             return super().encode(text)
 
-    builder = PromptBuilder(Spy(*v1), ModelLimits(4096, 32256), 16)
+    builder = Validator.build(Settings(), Spy(*v1), ModelLimits(4096, 32256))
     encode = PromptTokenizer(*v1).encode
     short = "def f(x):\n    return x\n"
     long = short * (OFF_LOOP_CHARS // len(short) + 1)

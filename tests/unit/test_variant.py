@@ -10,8 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from deepseek_serve.demo import packaged_tokenizer_dir
-from deepseek_serve.tokenizer import load_hf_tokenizer
-from deepseek_serve.variant import (
+from deepseek_serve.prompts.tokenizer import load_hf_tokenizer
+from deepseek_serve.prompts.variant import (
     Family,
     Kind,
     UnsupportedModelError,

@@ -1,0 +1,129 @@
+"""What a request must get past before a route sees it, in this order: header caps, shutdown,
+API key, per-key rate limits, body size, and the bound on generation requests in flight.
+
+One pure ASGI middleware, so streaming responses pass through untouched. Paths are matched
+exactly on the decoded path the router itself routes on: ``/health/``, ``//health``,
+``/%68ealth`` or a crafted ``Host`` header are simply not public paths.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deepseek_serve.errors import (
+    APIError,
+    AuthenticationError,
+    HeadersTooLargeError,
+    InvalidRequestError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RateLimitError,
+    ShuttingDownError,
+)
+from deepseek_serve.http.auth import bearer_token
+from deepseek_serve.http.observability import current_request, header
+from deepseek_serve.http.state import ServerState
+
+
+class Gate:
+    def __init__(self, app: ASGIApp, *, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        settings = state.settings
+        self.public = frozenset(settings.public_paths) | (
+            {"/metrics"} if settings.public_metrics else frozenset()
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state, settings = self.state, self.state.settings
+        headers = scope["headers"]
+        if len(headers) > settings.max_headers or (
+            sum(len(k) + len(v) for k, v in headers) > settings.max_header_bytes
+        ):
+            error: APIError = HeadersTooLargeError(
+                f"Request headers exceed {settings.max_headers} headers or "
+                f"{settings.max_header_bytes} bytes."
+            )
+            return await self._reject(error, "too_large", scope, receive, send)
+
+        path = scope["path"]
+        public = path in self.public
+        if state.draining and not public and path != "/metrics":
+            return await self._reject(ShuttingDownError(), "shutting_down", scope, receive, send)
+
+        key = None
+        if not public and state.keys.enabled:
+            token = bearer_token(header(scope, b"authorization"))
+            key = state.keys.match(token) if token else None
+            if key is None:
+                error = AuthenticationError(
+                    "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": 'Bearer realm="deepseek_serve"'},
+                )
+                return await self._reject(error, "unauthorized", scope, receive, send)
+            info = current_request()
+            if info is not None:
+                info.key_name = key.name
+            if path != "/metrics":  # a scrape every few seconds is not API use
+                try:
+                    await state.quotas.admit(key)
+                except RateLimitError as exc:
+                    return await self._reject(exc, "rate_limited", scope, receive, send)
+
+        limit = settings.max_body_bytes
+        length = header(scope, b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                error = InvalidRequestError("Content-Length is not a number.")
+                return await self._reject(error, "bad_request", scope, receive, send)
+            if int(length) > limit:
+                error = PayloadTooLargeError(f"The request body exceeds {limit} bytes.")
+                return await self._reject(error, "too_large", scope, receive, send)
+
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    state.metrics.rejected.labels("too_large").inc()
+                    raise PayloadTooLargeError(f"The request body exceeds {limit} bytes.")
+            return message
+
+        if scope["method"] != "POST":
+            await self.app(scope, capped_receive, send)
+            return
+
+        # Every POST route generates: bound how many are admitted at once.
+        if state.in_flight >= settings.max_requests_in_flight:
+            error = OverloadedError(
+                f"The server is at its limit of {settings.max_requests_in_flight} requests in "
+                "flight; retry shortly.",
+                retry_after=settings.retry_after_seconds,
+            )
+            return await self._reject(error, "overloaded", scope, receive, send)
+        state.in_flight += 1
+        state.metrics.in_flight.inc()
+        try:
+            await self.app(scope, capped_receive, send)
+        finally:
+            state.in_flight -= 1
+            state.metrics.in_flight.dec()
+            info = current_request()
+            if key is not None and info is not None:
+                await state.quotas.charge_tokens(key, info.prompt_tokens + info.generated_tokens)
+
+    async def _reject(
+        self, error: APIError, reason: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.state.metrics.rejected.labels(reason).inc()
+        body = self.state.dialect(scope["path"]).error_body(error)
+        response = JSONResponse(body, error.status_code, headers=error.headers)
+        await response(scope, receive, send)

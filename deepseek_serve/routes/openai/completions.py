@@ -1,0 +1,54 @@
+"""``POST /v1/completions``: plain completion, and fill-in-the-middle when ``suffix`` is given."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from deepseek_serve.http.sessions import under_session
+from deepseek_serve.http.state import open_request
+from deepseek_serve.http.streaming import engine_outputs, respond
+from deepseek_serve.routes.openai.formatting import CompletionFormatter, ContextReport
+from deepseek_serve.routes.openai.protocol import CompletionRequest
+
+
+async def create_completion(request: Request) -> Response:
+    opened = await open_request(request, CompletionRequest)
+    state, req, validator = opened.state, opened.body, opened.validator
+    valid = await validator.validate(
+        req.to_generation(state.settings.default_completion_max_tokens)
+    )
+    prompts = valid.prompts
+    echo_logprobs = req.echo and req.logprobs is not None
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    formatter = CompletionFormatter(
+        request_id=request_id,
+        created=int(time.time()),
+        model=state.model_name,
+        prompt_lens=[len(p.token_ids) for p in prompts],
+        n=req.n,
+        want_logprobs=req.logprobs is not None,
+        include_usage=req.include_usage,
+        continuous_usage=req.continuous_usage,
+        echo_texts=[p.text for p in prompts] if req.echo else None,
+        prompt_token_texts=[validator.tokenizer.token_texts(p.token_ids) for p in prompts]
+        if echo_logprobs
+        else None,
+    )
+    outputs = engine_outputs(
+        state.engine, request_id, [p.token_ids for p in prompts], valid.options
+    )
+    outputs = under_session(state.sessions, opened.session, outputs)
+    if valid.tokens_dropped is None:
+        return await respond(request, formatter, outputs, stream=req.stream)
+    report = ContextReport(formatter, valid.tokens_dropped)
+    response = await respond(request, report, outputs, stream=req.stream)
+    response.headers["X-Context-Tokens-Dropped"] = str(valid.tokens_dropped)
+    return response
+
+
+routes = [Route("/v1/completions", create_completion, methods=["POST"])]

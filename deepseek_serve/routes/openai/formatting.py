@@ -1,0 +1,299 @@
+"""Engine outputs to OpenAI response bodies and stream chunks (completions and chat).
+
+Streamed and non-streamed responses are built from the same deltas by the same code, so the
+concatenated stream equals the full response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepseek_serve.engine import EngineOutput, SequenceDelta, TokenLogprob
+from deepseek_serve.http.streaming import json_bytes
+
+
+@dataclass(slots=True)
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    finish_reason: str | None = None
+    started: bool = False
+    text_offset: int = 0
+
+
+@dataclass(slots=True)
+class Formatter:
+    """Shared bookkeeping; subclasses say how a choice looks on the wire."""
+
+    request_id: str
+    created: int
+    model: str
+    prompt_lens: list[int]
+    n: int
+    want_logprobs: bool
+    include_usage: bool = False
+    continuous_usage: bool = False
+    object_name: str = "text_completion"
+    chunk_object_name: str = "text_completion"
+    # False: choices carry no "logprobs" key at all (the deployment guide's /api/v1 shape).
+    logprobs_field: bool = True
+    choices: list[_Choice] = field(init=False)
+    # Only a full (non-streamed) response needs the text and logprobs kept; a stream sends them.
+    _keep: bool = field(default=False, init=False)
+    _head: bytes | None = field(default=None, init=False)  # the start every chunk shares
+
+    def __post_init__(self) -> None:
+        self.choices = [_Choice() for _ in range(len(self.prompt_lens) * self.n)]
+
+    def usage(self) -> dict[str, int]:
+        prompt = sum(self.prompt_lens)
+        completion = sum(c.tokens for c in self.choices)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    # --- hooks ---
+    def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
+        return []
+
+    def chunk_choice(
+        self, index: int, text: str, logprobs: Any, finish: str | None
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def logprob_entries(self, choice: _Choice, entries: list[TokenLogprob]) -> Any:
+        raise NotImplementedError
+
+    def merge_logprobs(self, parts: list[Any]) -> Any:
+        raise NotImplementedError
+
+    # --- shared ---
+    def _update(
+        self, prompt_index: int, out: EngineOutput, seq: SequenceDelta
+    ) -> tuple[int, list[dict[str, Any]], str, Any]:
+        index = prompt_index * self.n + seq.index
+        choice = self.choices[index]
+        pre: list[dict[str, Any]] = []
+        if not choice.started:
+            choice.started = True
+            pre = self.first_delta(index, prompt_index, out)
+        choice.tokens += len(seq.token_ids)
+        logprobs = None
+        if self.want_logprobs and seq.logprobs is not None:
+            logprobs = self.logprob_entries(choice, seq.logprobs)
+        self._record(choice, seq.text, logprobs)
+        if seq.finish_reason is not None:
+            choice.finish_reason = seq.finish_reason
+        return index, pre, seq.text, logprobs
+
+    def _record(self, choice: _Choice, text: str, logprobs: Any) -> None:
+        if self._keep:
+            choice.text.append(text)
+            if logprobs is not None:
+                choice.logprobs.append(logprobs)
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        # The fields every chunk shares are serialized once per response; only the choices (and
+        # usage) are encoded per token. The bytes equal sse_frame() of the whole chunk.
+        if self._head is None:
+            self._head = b"".join(
+                (
+                    b'data: {"id":',
+                    json_bytes(self.request_id),
+                    b',"object":',
+                    json_bytes(self.chunk_object_name),
+                    b',"created":',
+                    json_bytes(self.created),
+                    b',"model":',
+                    json_bytes(self.model),
+                    b',"choices":',
+                )
+            )
+        parts = [self._head, json_bytes(self._shaped(choices))]
+        if self.include_usage:
+            parts.append(b',"usage":')
+            parts.append(
+                json_bytes(
+                    usage if usage is not None or not self.continuous_usage else self.usage()
+                )
+            )
+        parts.append(b"}\n\n")
+        return b"".join(parts)
+
+    def _shaped(self, choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not self.logprobs_field:
+            for choice in choices:
+                choice.pop("logprobs", None)
+        return choices
+
+    async def frames(
+        self, outputs: AsyncIterator[tuple[int, EngineOutput]]
+    ) -> AsyncIterator[bytes]:
+        # One write per engine output, whatever number of chunks it makes, and the usage chunk
+        # rides with the last one: fewer syscalls and client wake-ups per token.
+        unfinished = len(self.prompt_lens)
+        for_usage = self.include_usage
+        async for prompt_index, out in outputs:
+            parts: list[bytes] = []
+            for seq in out.sequences:
+                index, pre, text, logprobs = self._update(prompt_index, out, seq)
+                for choice in pre:
+                    parts.append(self._chunk([choice]))
+                if text or logprobs or seq.finish_reason:
+                    parts.append(
+                        self._chunk([self.chunk_choice(index, text, logprobs, seq.finish_reason)])
+                    )
+            if out.finished:
+                unfinished -= 1
+                if unfinished == 0 and for_usage:
+                    for_usage = False
+                    parts.append(self._chunk([], self.usage()))
+            if parts:
+                yield b"".join(parts)
+        if for_usage:
+            yield self._chunk([], self.usage())
+
+    async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
+        self._keep = True
+        async for prompt_index, out in outputs:
+            for seq in out.sequences:
+                self._update(prompt_index, out, seq)
+        return {
+            "id": self.request_id,
+            "object": self.object_name,
+            "created": self.created,
+            "model": self.model,
+            "choices": self._shaped([self.final_choice(i, c) for i, c in enumerate(self.choices)]),
+            "usage": self.usage(),
+        }
+
+
+@dataclass(slots=True)
+class CompletionFormatter(Formatter):
+    echo_texts: list[str] | None = None
+    prompt_token_texts: list[list[str]] | None = None
+
+    def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
+        choice = self.choices[index]
+        if self.echo_texts is None:
+            return []
+        text = self.echo_texts[prompt_index]
+        logprobs = None
+        if self.want_logprobs and out.prompt_logprobs is not None and self.prompt_token_texts:
+            names = self.prompt_token_texts[prompt_index]
+            entries = [
+                lp if lp is not None else TokenLogprob(-1, names[i], float("nan"))
+                for i, lp in enumerate(out.prompt_logprobs)
+            ]
+            logprobs = self.logprob_entries(choice, entries)
+        self._record(choice, text, logprobs)
+        return [self.chunk_choice(index, text, logprobs, None)]
+
+    def chunk_choice(
+        self, index: int, text: str, logprobs: Any, finish: str | None
+    ) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    def final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        logprobs = self.merge_logprobs(choice.logprobs) if self.want_logprobs else None
+        return self.chunk_choice(index, "".join(choice.text), logprobs, choice.finish_reason)
+
+    def logprob_entries(self, choice: _Choice, entries: list[TokenLogprob]) -> Any:
+        tokens, values, tops, offsets = [], [], [], []
+        for e in entries:
+            tokens.append(e.token)
+            values.append(None if e.logprob != e.logprob else e.logprob)  # NaN: no logprob
+            tops.append(None if e.token_id < 0 else {t: lp for _, t, lp in e.top})
+            offsets.append(choice.text_offset)
+            choice.text_offset += len(e.token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": values,
+            "top_logprobs": tops,
+            "text_offset": offsets,
+        }
+
+    def merge_logprobs(self, parts: list[Any]) -> Any:
+        merged: dict[str, list[Any]] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
+        for part in parts:
+            for key, values in merged.items():
+                values.extend(part[key])
+        return merged
+
+
+@dataclass(slots=True)
+class ChatFormatter(Formatter):
+    object_name: str = "chat.completion"
+    chunk_object_name: str = "chat.completion.chunk"
+
+    def first_delta(self, index: int, prompt_index: int, out: EngineOutput) -> list[dict[str, Any]]:
+        return [
+            {
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ]
+
+    def chunk_choice(
+        self, index: int, text: str, logprobs: Any, finish: str | None
+    ) -> dict[str, Any]:
+        delta = {"content": text} if text else {}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    def final_choice(self, index: int, choice: _Choice) -> dict[str, Any]:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": "".join(choice.text)},
+            "logprobs": self.merge_logprobs(choice.logprobs) if self.want_logprobs else None,
+            "finish_reason": choice.finish_reason,
+        }
+
+    def logprob_entries(self, choice: _Choice, entries: list[TokenLogprob]) -> Any:
+        return {
+            "content": [
+                {
+                    **_chat_token(e.token, e.logprob),
+                    "top_logprobs": [_chat_token(t, lp) for _, t, lp in e.top],
+                }
+                for e in entries
+            ]
+        }
+
+    def merge_logprobs(self, parts: list[Any]) -> Any:
+        return {"content": [entry for part in parts for entry in part["content"]]}
+
+
+def _chat_token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+@dataclass(frozen=True, slots=True)
+class ContextReport:
+    """A response builder that adds ``tokens_dropped`` (the repository packing report) to a full
+    body; a stream has it in the ``X-Context-Tokens-Dropped`` header only."""
+
+    inner: CompletionFormatter
+    tokens_dropped: int
+
+    def frames(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> AsyncIterator[bytes]:
+        return self.inner.frames(outputs)
+
+    async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
+        body = await self.inner.collect(outputs)
+        body["tokens_dropped"] = self.tokens_dropped
+        return body
