@@ -32,6 +32,7 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 DEFAULT_BLOCK = 16
 DEFAULT_TABLE_SIZE = 200_000  # block hashes remembered (a few MB)
 MAX_BLOCKS = 8192  # hashed per prompt (128k tokens of 16)
+EARLY_COMPLETIONS_KEPT = 4096  # ids completed before routed (refused ones never are: bounded)
 
 
 def block_hashes(token_ids: Sequence[int], block: int, limit: int) -> list[int]:
@@ -74,6 +75,10 @@ class AffinityRouter(RequestRouter):
         self.sessions: OrderedDict[str, ReplicaID] = OrderedDict()
         self.load: dict[ReplicaID, int] = {}
         self.routed: dict[str, ReplicaID] = {}  # internal request id -> replica
+        # Ray Serve registers the completion callback before it confirms the routing: a quick
+        # request can complete before it is routed. Those ids wait here so their routing does
+        # not count load that never ends (which would starve that replica of new requests).
+        self.completed_early: OrderedDict[str, None] = OrderedDict()
 
     # --- choosing ---
 
@@ -120,8 +125,12 @@ class AffinityRouter(RequestRouter):
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any
     ) -> None:
-        self.load[replica_id] = self.load.get(replica_id, 0) + 1
-        self.routed[pending_request.metadata.internal_request_id] = replica_id
+        request_id = pending_request.metadata.internal_request_id
+        if request_id in self.completed_early:
+            del self.completed_early[request_id]  # already over: no load to count
+        else:
+            self.load[replica_id] = self.load.get(replica_id, 0) + 1
+            self.routed[request_id] = replica_id
         if not self.affinity:
             return
         token_ids, session = request_keys(pending_request)
@@ -133,6 +142,13 @@ class AffinityRouter(RequestRouter):
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         if self.routed.pop(internal_request_id, None) is not None:
             self.load[replica_id] = max(0, self.load.get(replica_id, 0) - 1)
+        else:  # before its routing was confirmed, or refused by the replica (never routed)
+            self._remember_early(internal_request_id)
+
+    def _remember_early(self, request_id: str) -> None:
+        self.completed_early[request_id] = None
+        while len(self.completed_early) > EARLY_COMPLETIONS_KEPT:
+            self.completed_early.popitem(last=False)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,16 @@ from deepseek_serve.demo import DEMOS, packaged_tokenizer_dir
 from deepseek_serve.prompts.tokenizer import TokenizerSetup, prepare_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
+GUIDE_VARIABLES = ("PORT", "LOG_LEVEL", "MODEL_SIZE")  # the deployment guide's names
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No settings variable of the machine running the tests (``DEEPSEEK_SERVE_*`` and the
+    deployment guide's names) reaches a test's settings."""
+    for name in list(os.environ):
+        if name.startswith("DEEPSEEK_SERVE_") or name in GUIDE_VARIABLES:
+            monkeypatch.delenv(name)
 
 
 def model_dir_with(tmp: Path, demo: str, tokenizer_dir: Path | None = None) -> Path:

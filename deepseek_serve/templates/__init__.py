@@ -1,4 +1,7 @@
-"""Prompt templates: chat (per model family) and fill-in-the-middle."""
+"""Prompt templates: chat (per model family), fill-in-the-middle and repository prompts, as pure
+functions of text and the variant's special tokens.
+
+Imports: ``prompts.variant`` only. Never ``http``, ``routes`` or the engine."""
 
 from __future__ import annotations
 

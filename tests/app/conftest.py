@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
@@ -20,6 +22,14 @@ def wait_ready(client: TestClient) -> None:
     while client.get("/health").status_code != 200:
         assert time.monotonic() < deadline, "fake engine never became ready"
         time.sleep(0.01)
+
+
+async def wait_started(app: Starlette) -> None:
+    """Until the app's (fake) engine has started, for tests that drive the ASGI app directly."""
+    deadline = time.monotonic() + 5
+    while app.state.deepseek.validator is None:
+        assert time.monotonic() < deadline, "fake engine never started"
+        await asyncio.sleep(0.001)
 
 
 def settings_for(**values: Any) -> Settings:

@@ -10,7 +10,7 @@ import pytest
 
 from deepseek_serve.app import create_app
 from deepseek_serve.prompts.tokenizer import TokenizerSetup
-from deepseek_serve.settings import Settings
+from tests.app.conftest import settings_for, wait_started
 from tests.fakes import FakeEngine
 
 
@@ -21,7 +21,7 @@ async def _run(
     spec_version: str = "2.3",
 ) -> tuple[FakeEngine, list[dict[str, Any]]]:
     engine = FakeEngine(v1_setup.prompt_tokenizer, token_delay=0.005, max_model_len=4096)
-    app = create_app(Settings(model="demo"), engine, v1_setup.prompt_tokenizer)
+    app = create_app(settings_for(), engine, v1_setup.prompt_tokenizer)
     sent: list[dict[str, Any]] = []
     gone = asyncio.Event()
     payload = json.dumps(body).encode()
@@ -55,8 +55,7 @@ async def _run(
         "app": app,
     }
     async with app.router.lifespan_context(app):
-        while app.state.deepseek.validator is None:
-            await asyncio.sleep(0.001)
+        await wait_started(app)
         if disconnect_after_chunks == 0:
             asyncio.get_running_loop().call_later(0.05, gone.set)
         await asyncio.wait_for(app(scope, receive, send), timeout=5)

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from deepseek_serve.app import create_app
 from deepseek_serve.prompts.scheduling import INTERACTIVE_PRIORITY
 from deepseek_serve.prompts.tokenizer import TokenizerSetup
-from deepseek_serve.settings import Settings
+from tests.app.conftest import settings_for, wait_ready, wait_started
 from tests.fakes import FakeEngine
 
 FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
@@ -102,10 +102,9 @@ def test_interactive_requests_run_ahead_under_priority_scheduling(
 ) -> None:
     args = {"scheduling_policy": policy} if policy else {}
     engine = FakeEngine(v1_setup.prompt_tokenizer)
-    settings = Settings(model="demo", engine_args=args)
+    settings = settings_for(engine_args=args)
     with TestClient(create_app(settings, engine, v1_setup.prompt_tokenizer)) as client:
-        while client.get("/health").status_code != 200:
-            pass
+        wait_ready(client)
         ahead = INTERACTIVE_PRIORITY if policy else 0
         client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
         client.post("/infill", json={"input_prefix": "x", "n_predict": 1})
@@ -121,10 +120,9 @@ async def _two_in_one_session(
     v1_setup: TokenizerSetup, body: dict[str, Any]
 ) -> tuple[httpx.Response, httpx.Response, FakeEngine, int, str]:
     engine = FakeEngine(v1_setup.prompt_tokenizer, token_delay=0.01, max_model_len=4096)
-    app = create_app(Settings(model="demo"), engine, v1_setup.prompt_tokenizer)
+    app = create_app(settings_for(), engine, v1_setup.prompt_tokenizer)
     async with app.router.lifespan_context(app):
-        while app.state.deepseek.validator is None:
-            await asyncio.sleep(0.001)
+        await wait_started(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             old = asyncio.create_task(http.post("/v1/completions", json=body))

@@ -12,8 +12,7 @@ from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
 from deepseek_serve.prompts.tokenizer import TokenizerSetup
-from deepseek_serve.settings import Settings
-from tests.app.conftest import MakeClient
+from tests.app.conftest import MakeClient, settings_for, wait_started
 from tests.fakes import FakeEngine
 from tests.plugins import vim_body, vscode_body
 
@@ -200,11 +199,10 @@ async def test_a_newer_request_of_the_session_supersedes_the_older(
     v1_setup: TokenizerSetup,
 ) -> None:
     engine = FakeEngine(v1_setup.prompt_tokenizer, token_delay=0.01, max_model_len=4096)
-    app = create_app(Settings(model="demo"), engine, v1_setup.prompt_tokenizer)
+    app = create_app(settings_for(), engine, v1_setup.prompt_tokenizer)
     body = vim_body(n_predict=300, n_indent=0, t_max_predict_ms=0, response_fields=None)
     async with app.router.lifespan_context(app):
-        while app.state.deepseek.validator is None:
-            await asyncio.sleep(0.001)
+        await wait_started(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             headers = {"X-Session-Id": "editor-1"}

@@ -187,3 +187,33 @@ def test_caps_cover_the_guide_api_and_infill(make_client: MakeClient) -> None:
     r = client.post("/infill", json={"input_prefix": "x", "n_predict": 2, "stop": ["a", "b"]})
     assert r.status_code == 400, r.text
     assert client.post("/infill", json={"input_prefix": "x", "n_predict": 2}).status_code == 200
+
+
+def test_stop_cap_is_the_operators_not_a_hard_coded_one(make_client: MakeClient) -> None:
+    """max_stop_sequences above 16 is honoured on every dialect, and /api/v1's language stops
+    (the server's, not the client's) are added whole, never cut to make room."""
+    client, engine = make_client(settings={"max_stop_sequences": 40})
+    stops = [f"#{i}" for i in range(40)]
+    assert client.post("/v1/completions", json={**BODY, "stop": stops}).status_code == 200
+    assert engine.seen[-1][2].stop == tuple(stops)
+    r = client.post("/infill", json={"input_prefix": "x", "n_predict": 2, "stop": stops})
+    assert r.status_code == 200, r.text
+    body = {"prompt": "def f(", "max_tokens": 2, "stop": stops, "language": "python"}
+    assert client.post("/api/v1/completion", json=body).status_code == 200
+    sent = engine.seen[-1][2].stop
+    assert sent[:40] == tuple(stops) and "\ndef " in sent and "\nclass " in sent
+    r = client.post("/v1/completions", json={**BODY, "stop": [*stops, "one more"]})
+    assert r.status_code == 400 and error_of(r)["param"] == "stop"
+
+
+def test_the_gate_answers_in_the_routes_dialect(make_client: MakeClient) -> None:
+    """/infill speaks llama.cpp's error shape, also when the gate refuses it (key, size)."""
+    client = make_client(settings={"api_keys": "sk-1", "max_body_bytes": 1024})[0]
+    r = client.post("/infill", json={"input_prefix": "x", "n_predict": 2})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == 401  # llama.cpp: the status as the code
+    assert r.json()["error"]["type"] == "authentication_error"
+    r = client.post("/infill", json={"input_prefix": "x" * 2000}, headers=KEY)
+    assert r.status_code == 413 and r.json()["error"]["code"] == 413
+    r = client.post("/v1/completions", json=BODY)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"

@@ -25,8 +25,18 @@ from deepseek_serve.demo import build_demo_model
 from tests.conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).parent
 MODEL_NAME = "tiny-coder"
 START_TIMEOUT = 300
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is the e2e tier (``-m e2e`` / ``-m "not e2e"``), whether or
+    not its file says so."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.e2e)
 
 
 @dataclass
@@ -155,11 +165,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="session")
 def server_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A tiny DeepSeek-Coder-V2 (MLA + MoE) checkpoint; started only if a test asks for it.
-    test_v2.py kills its engine in its last test: no other module may use it."""
+    """A tiny DeepSeek-Coder-V2 (MLA + MoE) checkpoint; started only if a test asks for it."""
     root = tmp_path_factory.mktemp("e2e-v2")
     model = build_demo_model("demo-v2", root / "tiny-coder-v2-lite-instruct")
-    yield from start_server(root, model, "tiny-coder-v2", extra=("--engine-death-exit-delay", "5"))
+    yield from start_server(root, model, "tiny-coder-v2")
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """A server of the test's own, for tests that stop it or kill its engine (the shared ones
+    must survive any test order, ``-k`` selection or xdist split)."""
+    model = build_demo_model("demo", tmp_path / "tiny-coder")
+    yield from start_server(tmp_path, model, MODEL_NAME, extra=("--shutdown-timeout", "20"))
 
 
 @pytest.fixture(scope="session")

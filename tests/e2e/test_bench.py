@@ -14,8 +14,6 @@ import pytest
 
 from tests.e2e.conftest import ROOT, LiveServer
 
-pytestmark = pytest.mark.e2e
-
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "deepseek_serve", "bench", "--disable-tqdm", "--no-plots", *args]

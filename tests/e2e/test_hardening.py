@@ -1,5 +1,5 @@
 """A server with API keys over the real CPU engine: auth through the official client, rate
-limits, engine ports, a fault-and-load test, and the SIGTERM drain (last: it stops the server)."""
+limits, engine ports, a fault-and-load test; and the SIGTERM drain (on a server of its own)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ import psutil
 import pytest
 
 from deepseek_serve.demo import build_demo_model
-from tests.e2e.conftest import LiveServer, start_server
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.conftest import MODEL_NAME, LiveServer, start_server
 
 NAME = "tiny-secured"
 LOAD_KEY = "sk-load-0123456789"
@@ -208,24 +206,23 @@ def test_fault_and_load(secured: LiveServer, figures: list[str]) -> None:
     assert "deepseek_serve_requests_in_flight 0.0" in text
 
 
-def test_zz_sigterm_drains(secured: LiveServer) -> None:
-    """Last: SIGTERM while a stream runs. The stream finishes, new requests get 503, the process
+def test_sigterm_drains(own_server: LiveServer) -> None:
+    """SIGTERM while a stream runs. The stream finishes, new requests get 503, the process
     exits 0 and (checked by the fixture) leaves no engine process behind."""
+    secured = own_server
     frames: list[str] = []
     started = threading.Event()
 
     def stream() -> None:
         body = {
-            "model": NAME,
+            "model": MODEL_NAME,
             "prompt": "x",
             "max_tokens": 300,
             "stream": True,
             "stream_options": {"include_usage": True},
             "ignore_eos": True,
         }
-        with httpx.stream(
-            "POST", f"{secured.base_url}/v1/completions", json=body, headers=auth(), timeout=60
-        ) as r:
+        with httpx.stream("POST", f"{secured.base_url}/v1/completions", json=body, timeout=60) as r:
             for line in r.iter_lines():
                 if line:
                     frames.append(line)
@@ -240,9 +237,7 @@ def test_zz_sigterm_drains(secured: LiveServer) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert httpx.get(f"{secured.base_url}/health").json() == {"status": "draining"}
-    r = httpx.post(
-        f"{secured.base_url}/v1/completions", json={"model": NAME, "prompt": "x"}, headers=auth()
-    )
+    r = httpx.post(f"{secured.base_url}/v1/completions", json={"model": MODEL_NAME, "prompt": "x"})
     assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
     thread.join(60)
     assert frames[-1] == "data: [DONE]"

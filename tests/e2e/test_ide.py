@@ -18,8 +18,6 @@ from deepseek_serve.client import DeepSeekAPIError, DeepSeekClient
 from tests.e2e.conftest import MODEL_NAME, LiveServer
 from tests.plugins import vim_body, vscode_body
 
-pytestmark = pytest.mark.e2e
-
 EOS = 32014
 FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
 

@@ -9,12 +9,9 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from deepseek_serve.demo import build_demo_model
 from tests.e2e.conftest import ROOT, free_port, server_command
-
-pytestmark = pytest.mark.e2e
 
 
 def test_sigterm_during_engine_start_leaves_no_orphans(tmp_path: Path) -> None:

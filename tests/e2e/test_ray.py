@@ -30,8 +30,6 @@ from deepseek_serve.settings import Settings
 from tests.e2e.conftest import LiveServer, free_port, start_server
 from tests.e2e.ray_cluster import local_cluster
 
-pytestmark = pytest.mark.e2e
-
 NAME = "tiny-coder-ray"
 RECOVERY_TIMEOUT = 240
 
@@ -105,6 +103,12 @@ def test_replicas_run_on_different_nodes(ray_server: RayServer) -> None:
         "requests_in_engine": 0,
         "replicas": {"running": 2, "desired": 2},
     }
+
+
+def test_each_replicas_engine_tokenizer_is_checked_at_start(ray_server: RayServer) -> None:
+    """The start-up check of the tokenizer vLLM itself loaded runs on every replica (it once
+    ran only for the in-process engine)."""
+    assert "engine tokenizer verified against the DeepSeek golden ids" in ray_server.live.log()
 
 
 def test_same_api_streams_through_the_replicas(client: OpenAI) -> None:
@@ -197,7 +201,8 @@ class Traffic:
 
 
 def test_a_killed_replica_is_replaced_while_the_other_serves(ray_server: RayServer) -> None:
-    """Runs last: kills one replica's process mid-traffic."""
+    """Kills one replica's process mid-traffic, then waits until Ray has replaced it (two
+    replicas, one per node, as the module found them), so the tests may run in any order."""
     url = ray_server.live.base_url
     before = ray_server.served()
     httpx.post(

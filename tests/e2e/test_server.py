@@ -14,8 +14,6 @@ from transformers import AutoTokenizer
 from deepseek_serve.demo import packaged_tokenizer_dir
 from tests.e2e.conftest import MODEL_NAME, LiveServer
 
-pytestmark = pytest.mark.e2e
-
 BOS, EOS, EOT, FIM_HOLE, FIM_BEGIN, FIM_END = 32013, 32014, 32021, 32015, 32016, 32017
 NO_EOS = {str(EOS): -100}  # random weights could emit EOS early; keep lengths predictable
 

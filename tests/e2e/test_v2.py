@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psutil
@@ -12,10 +14,8 @@ import pytest
 from openai import OpenAI
 from transformers import AutoTokenizer
 
-from deepseek_serve.demo import packaged_tokenizer_dir
-from tests.e2e.conftest import LiveServer
-
-pytestmark = pytest.mark.e2e
+from deepseek_serve.demo import build_demo_model, packaged_tokenizer_dir
+from tests.e2e.conftest import LiveServer, start_server
 
 BOS, EOS, FIM_HOLE, FIM_BEGIN, FIM_END = 100000, 100001, 100002, 100003, 100004
 MODEL = "tiny-coder-v2"
@@ -69,9 +69,14 @@ def _engine_core(server: LiveServer) -> psutil.Process:
     raise AssertionError("no EngineCore process found")
 
 
-def test_zz_engine_death_mid_stream(server_v2: LiveServer) -> None:
-    """Runs last in this module: it kills the V2 server's engine (saves starting another)."""
-    doomed = server_v2
+@pytest.fixture
+def doomed(tmp_path: Path) -> Iterator[LiveServer]:
+    """A V2 server of the test's own: the test kills its engine."""
+    model = build_demo_model("demo-v2", tmp_path / "tiny-coder-v2-lite-instruct")
+    yield from start_server(tmp_path, model, MODEL, extra=("--engine-death-exit-delay", "5"))
+
+
+def test_engine_death_mid_stream(doomed: LiveServer) -> None:
     body = {
         "model": MODEL,
         "prompt": "x",

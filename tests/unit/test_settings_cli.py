@@ -10,9 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from deepseek_serve.cli import main, parse_engine_args, settings_from_argv
-from deepseek_serve.demo import is_demo_dir
 from deepseek_serve.engine import VLLMEngine
-from deepseek_serve.server import ResolvedModel, StartupError, check_tokenizer, resolve_model
+from deepseek_serve.server import ResolvedModel, StartupError, check_tokenizer
 from deepseek_serve.settings import Settings, load_settings
 from tests.conftest import model_dir_with
 
@@ -53,7 +52,9 @@ def test_config_from_env_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_repo_configs_are_valid() -> None:
     root = Path(__file__).resolve().parents[2] / "configs"
-    for path in root.glob("*.yaml"):
+    configs = sorted(root.glob("*.yaml"))
+    assert {p.name for p in configs} >= {"cpu.yaml", "production.yaml", "deploy.yaml"}, configs
+    for path in configs:
         load_settings({}, path)
 
 
@@ -118,16 +119,6 @@ def test_cli_rejects_bad_values() -> None:
         settings_from_argv(["--tensor-parallel-size", "0"])
     with pytest.raises(SystemExit):
         parse_engine_args(["novalue"])
-
-
-def test_demo_model_is_built_offline(tmp_path: Path) -> None:
-    resolved = resolve_model(Settings(model="demo", cache_dir=tmp_path))
-    assert resolved.is_demo and is_demo_dir(resolved.files_dir)
-    config = json.loads((resolved.files_dir / "config.json").read_text())
-    assert config["vocab_size"] == 32256 and config["architectures"] == ["LlamaForCausalLM"]
-    assert (resolved.files_dir / "model.safetensors").is_file()
-    setup = check_tokenizer(Settings(model="demo", cache_dir=tmp_path), resolved)
-    assert not setup.repaired and setup.variant.kind.value == "instruct"
 
 
 def test_unrepairable_tokenizer_refuses_to_start(

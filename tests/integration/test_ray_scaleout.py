@@ -141,3 +141,19 @@ def test_replicas_on_nodes_without_the_tokenizer_dir_get_a_copy(
     copy = Path(local_tokenizer_dir(str(tmp_path / "elsewhere"), files))
     assert copy.parent == tmp_path and (copy / "tokenizer.json").read_text() == '{"x": 1}'
     assert local_tokenizer_dir(str(tmp_path / "elsewhere"), files) == str(copy)  # reused
+
+
+async def test_a_request_completed_before_it_is_routed_leaves_no_load(
+    router: AffinityRouter,
+) -> None:
+    """Ray Serve registers the completion callback before confirming the routing, so a quick
+    call (a replica's ``describe``, the start-up tokenizer check) can complete first. Counting it
+    afterwards would leave load that never ends and send every later request elsewhere."""
+    a, b = replica("a"), replica("b")
+    router.on_request_completed("a", "quick")
+    router.on_request_routed(pending([1], rid="quick"), "a", None)
+    assert router.load.get("a", 0) == 0
+    firsts = set()
+    for _ in range(40):
+        firsts.add((await router.choose_replicas([a, b], pending([2])))[0][0].replica_id)
+    assert firsts == {"a", "b"}
