@@ -48,6 +48,7 @@ class SamplingOptions:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
+    allowed_token_ids: tuple[int, ...] | None = None
     min_tokens: int = 0
     priority: int = 0
     # Not sampling: a routing hint (the OpenAI 'user' field). With several engine replicas, a
@@ -346,6 +347,7 @@ def _to_vllm(o: SamplingOptions) -> SamplingParams:
         logprobs=o.logprobs,
         prompt_logprobs=o.prompt_logprobs,
         logit_bias=o.logit_bias,
+        allowed_token_ids=list(o.allowed_token_ids) if o.allowed_token_ids else None,
         min_tokens=o.min_tokens,
         output_kind=RequestOutputKind.DELTA,
     )

@@ -1,15 +1,29 @@
 """Reading a request body: JSON only, decoded and validated into a dialect's pydantic model, or
-a 400 that names the bad parameter."""
+a 400 that names the bad parameter.
+
+Unknown fields are ignored, as vLLM does: editor plugins send fields of other servers' dialects
+(``cache_prompt``, ``id_slot``, ``samplers`` ...) to every endpoint. Known fields keep strict
+validation. The models still declare ``extra="forbid"``, so pydantic finds the unknown keys (at any
+depth); ``parse_body`` drops them, logs their names once per request at warning level, and
+validates what is left.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from deepseek_serve.errors import InvalidRequestError, UnsupportedMediaTypeError
+
+logger = logging.getLogger(__name__)
+
+# Each pass drops the unknown keys pydantic reported; nesting under unions can reveal more.
+_MAX_PASSES = 4
 
 
 class Body(BaseModel):
@@ -44,10 +58,61 @@ async def parse_body(request: Request, model: type[T]) -> T:
         ) from exc
     if not isinstance(data, dict):
         raise InvalidRequestError("The body must be a JSON object.", code="invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise to_invalid_request(exc) from None
+    return validate_lenient(model, data, request.url.path)
+
+
+def validate_lenient(model: type[T], data: dict[str, Any], where: str = "") -> T:
+    """``data`` validated into ``model`` with unknown keys dropped (and logged once)."""
+    ignored: list[str] = []
+    for _ in range(_MAX_PASSES):
+        try:
+            parsed = model.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            extra = [e["loc"] for e in errors if e["type"] == "extra_forbidden"]
+            if not extra:
+                raise to_invalid_request(exc) from None
+            data, dropped = _without(data, extra)
+            if not dropped:
+                raise to_invalid_request(exc) from None
+            ignored.extend(dropped)
+            continue
+        if ignored:
+            logger.warning(
+                "%sfields present in the request but ignored: %s",
+                f"{where}: " if where else "",
+                ", ".join(sorted(set(ignored))),
+            )
+        return parsed
+    raise InvalidRequestError("The body nests unknown fields too deeply.", code="invalid_value")
+
+
+def _without(data: dict[str, Any], locs: list[tuple[Any, ...]]) -> tuple[dict[str, Any], list[str]]:
+    """A deep copy of ``data`` without the keys at ``locs``, and those keys' parameter paths.
+    A location that cannot be followed in the data (a union member's tag) is left alone."""
+    out = copy.deepcopy(data)
+    dropped = []
+    for loc in locs:
+        # Keys the data does not have are the tags pydantic gives union members: skipped.
+        path = [p for p in loc if not _is_union_tag(p)]
+        node: Any = out
+        kept: list[Any] = []
+        for part in path[:-1]:
+            if isinstance(node, dict) and isinstance(part, str):
+                if part in node:
+                    node = node[part]
+                    kept.append(part)
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+                kept.append(part)
+            else:
+                node = None
+                break
+        key = path[-1] if path else None
+        if isinstance(node, dict) and isinstance(key, str) and key in node:
+            del node[key]
+            dropped.append(_param_path([*kept, key]))
+    return out, dropped
 
 
 def to_invalid_request(exc: ValidationError) -> InvalidRequestError:
