@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from deepseek_serve.engine import ModelLimits, SamplingOptions
+from deepseek_serve.engine import ModelLimits, SamplingOptions, StructuredOutput
 from deepseek_serve.errors import ContextWindowExceededError, InvalidRequestError
 from deepseek_serve.prompts.packing import PieceCache, pack_repo_prompt
 from deepseek_serve.prompts.scheduling import INTERACTIVE_PRIORITY, priority_scheduling
@@ -109,6 +109,7 @@ class Sampling:
     min_tokens: int = 0
     ignore_eos: bool = False  # the variant's stop tokens do not stop
     allowed_token_ids: Sequence[int] | None = None  # sampling only among these
+    structured: StructuredOutput | None = None  # output constrained to a schema, regex ...
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     priority: int = 0
@@ -220,6 +221,7 @@ class Validator:
             prompt_logprobs=s.prompt_logprobs,
             logit_bias=bias,
             allowed_token_ids=allowed,
+            structured=s.structured,
             min_tokens=s.min_tokens,
             priority=priority,
             session=s.user,
@@ -291,7 +293,13 @@ class Validator:
     def check_ids(self, ids: Sequence[int], param: str) -> None:
         limit = self.limits.vocab_size
         for j, token_id in enumerate(ids):
-            if not 0 <= token_id < limit:
+            if token_id < 0:
+                raise InvalidRequestError(
+                    f"Token ids must be >= 0, got {token_id}.",
+                    param=f"{param}[{j}]",
+                    code="invalid_token_id",
+                )
+            if token_id >= limit:
                 raise InvalidRequestError(
                     f"Token id {token_id} is outside the vocabulary (0..{limit - 1}).",
                     param=f"{param}[{j}]",
@@ -321,6 +329,10 @@ class Validator:
                 self.check_ids(item, param)
                 out.append(TokenPrompt(item, self.tokenizer.decode(item)))
         return out
+
+    async def chat_tokens(self, prompt: ChatPrompt) -> TokenPrompt:
+        """A chat rendered with the checkpoint's template and tokenized, as generation does."""
+        return await self._chat(prompt)
 
     async def _chat(self, prompt: ChatPrompt) -> TokenPrompt:
         if not self.variant.supports_chat:

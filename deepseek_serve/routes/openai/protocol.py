@@ -27,12 +27,15 @@ from deepseek_serve.prompts.validation import (
     TextPrompts,
     token_id_keys,
 )
+from deepseek_serve.routes.openai.structured import (
+    ResponseFormat,
+    StructuredOutputs,
+    structured_output,
+)
 from deepseek_serve.templates import ChatMessage
 from deepseek_serve.templates.repo import RepoFile
 
 MAX_LOGPROBS = 20  # vLLM's own ceiling; the operator's cap is settings.max_logprobs
-
-NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -83,7 +86,7 @@ class SamplingFields(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[NonNegInt] | None = Field(None, max_length=64)  # extension
+    stop_token_ids: list[int] | None = Field(None, max_length=64)  # extension; ids checked later
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -100,7 +103,9 @@ class SamplingFields(_Body):
     # vLLM's extensions
     return_token_ids: bool = False  # prompt_token_ids and token_ids in the answer
     return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:N"
-    allowed_token_ids: list[NonNegInt] | None = Field(None, min_length=1)
+    allowed_token_ids: list[int] | None = Field(None, min_length=1)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("stop")
     @classmethod
@@ -189,6 +194,7 @@ class SamplingFields(_Body):
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
             allowed_token_ids=tuple(self.allowed_token_ids) if self.allowed_token_ids else None,
+            structured=structured_output(self.response_format, self.structured_outputs),
             logprobs=logprobs,
             priority=self.priority,
             user=self.user,
@@ -203,7 +209,9 @@ class SamplingFields(_Body):
         return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
 
-PromptInput = str | list[str] | list[NonNegInt] | list[list[NonNegInt]]
+# Ids are checked after the union matched (``_non_empty``), so that a negative one gets a message
+# about ids rather than "Input should be a valid string" from the first union member.
+PromptInput = str | list[str] | list[int] | list[list[int]]
 
 
 def _one_line(value: str | None) -> str | None:
@@ -238,6 +246,19 @@ class CompletionRequest(SamplingFields):
     def _non_empty(cls, value: PromptInput) -> PromptInput:
         if isinstance(value, list) and (not value or any(v == [] for v in value)):
             raise ValueError("prompt must not be an empty list")
+        if isinstance(value, list):
+            rows = [value] if value and isinstance(value[0], int) else value
+            for i, row in enumerate(rows):
+                if not isinstance(row, list):
+                    continue
+                for j, token_id in enumerate(row):
+                    if token_id < 0:
+                        at = f"prompt[{j}]" if rows is not value else f"prompt[{i}][{j}]"
+                        raise InvalidRequestError(
+                            f"Token ids must be >= 0, got {token_id}.",
+                            param=at,
+                            code="invalid_token_id",
+                        )
         return value
 
     @model_validator(mode="after")
@@ -343,16 +364,11 @@ class ChatMessageIn(BaseModel):
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-class ResponseFormat(_Strict):
-    type: Literal["text"]
-
-
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    response_format: ResponseFormat | None = None
     add_generation_prompt: bool = True  # extension
     continue_final_message: bool = False  # extension (vLLM's): the last message is continued
     echo: bool = False  # extension (vLLM's): the answer starts with the last message's content
