@@ -73,7 +73,8 @@ class TokenLogprob:
     token_id: int
     token: str
     logprob: float
-    top: tuple[tuple[int, str, float], ...] = ()
+    top: tuple[tuple[int, str, float], ...] = ()  # best first
+    rank: int | None = None  # of this token among the vocabulary (1: the most likely)
 
 
 @dataclass(slots=True)
@@ -407,7 +408,8 @@ def _logprob(token_id: int, candidates: Any, k: int) -> TokenLogprob:
     chosen = candidates[token_id]
     ranked = sorted(candidates.items(), key=lambda kv: -kv[1].logprob)[:k]
     top = tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in ranked)
-    return TokenLogprob(token_id, chosen.decoded_token or "", chosen.logprob, top)
+    rank = getattr(chosen, "rank", None)
+    return TokenLogprob(token_id, chosen.decoded_token or "", chosen.logprob, top, rank)
 
 
 def model_dir_of(model: str, *, revision: str | None = None, allow_download: bool = True) -> Path:

@@ -107,11 +107,23 @@ class FakeEngine(Engine):
                         logprobs = [TokenLogprob(token, self.tokenizer.decode([token]), -1.5, top)]
                     deltas.append(SequenceDelta(i, text, [token], logprobs, finish, reason))
                 finished = all(done)
-                yield EngineOutput(sequences=deltas, finished=finished)
+                prompt_lps = None
+                if step == 0 and options.prompt_logprobs is not None:
+                    prompt_lps = self._prompt_logprobs(prompt_token_ids, options.prompt_logprobs)
+                yield EngineOutput(sequences=deltas, finished=finished, prompt_logprobs=prompt_lps)
                 if finished:
                     return
         finally:
             self.running.discard(request_id)
+
+    def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob | None]:
+        """The first prompt token has none, as in vLLM; the others a fixed -2.0, rank 5."""
+        top = tuple(
+            (t, self.tokenizer.decode([t]), -1.0 - j) for j, t in enumerate(self.word_ids[:k])
+        )
+        return [None] + [
+            TokenLogprob(t, self.tokenizer.decode([t]), -2.0, top, rank=5) for t in ids[1:]
+        ]
 
     async def abort(self, request_id: str) -> None:
         self.running.discard(request_id)

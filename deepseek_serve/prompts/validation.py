@@ -240,7 +240,11 @@ class Validator:
 
     def _check_caps(self, req: GenerationRequest) -> None:
         lim, s, prompt = self.limits, req.sampling, req.prompt
-        values = {"n": (s.n, lim.max_n), "logprobs": (s.logprobs, lim.max_logprobs)}
+        values = {
+            "n": (s.n, lim.max_n),
+            "logprobs": (s.logprobs, lim.max_logprobs),
+            "prompt_logprobs": (s.prompt_logprobs, lim.max_logprobs),
+        }
         counts = {"stop": (len(s.stop), lim.max_stop_sequences)}
         if isinstance(prompt, ChatPrompt):
             counts["messages"] = (len(prompt.messages), lim.max_messages)

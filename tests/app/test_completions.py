@@ -172,9 +172,12 @@ def test_logprobs_and_echo(client: TestClient) -> None:
     choice = r["choices"][0]
     assert choice["text"].startswith("Hello")
     lp = choice["logprobs"]
-    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) == 3
+    # the prompt's 2 tokens (BOS, "Hello"), then the 3 generated
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) == 5
+    assert lp["tokens"][:2] == ["<｜begin▁of▁sentence｜>", "Hello"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None  # nothing before BOS
     # each position: its own token first, then the top 2 (vLLM's "up to logprobs + 1")
-    for token, top in zip(lp["tokens"], lp["top_logprobs"], strict=True):
+    for token, top in zip(lp["tokens"][1:], lp["top_logprobs"][1:], strict=True):
         assert next(iter(top)) == token and 2 <= len(top) <= 3
 
 

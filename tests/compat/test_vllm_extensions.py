@@ -252,3 +252,24 @@ def test_bad_structured_outputs(
     r = client.post("/v1/completions", json={"prompt": "x", **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     assert not engine.seen
+
+
+def test_prompt_logprobs(client_engine: tuple[TestClient, FakeEngine]) -> None:
+    # vLLM: vllm/entrypoints/openai/completion/protocol.py (prompt_logprobs); the first prompt
+    # token has none, every other position maps token ids to logprob, rank and decoded text
+    client, engine = client_engine
+    body = {"prompt": "Hello world", "max_tokens": 1, "prompt_logprobs": 1}
+    choice = client.post("/v1/completions", json=body).json()["choices"][0]
+    lps = choice["prompt_logprobs"]
+    assert engine.seen[-1][2].prompt_logprobs == 1
+    assert lps[0] is None and len(lps) == 3
+    assert lps[1]["17535"] == {"logprob": -2.0, "rank": 5, "decoded_token": "Hello"}
+    assert all(set(v) == {"logprob", "rank", "decoded_token"} for e in lps[1:] for v in e.values())
+    chat = {"messages": CHAT, "max_tokens": 1, "prompt_logprobs": 0}
+    out = client.post("/v1/chat/completions", json=chat).json()
+    assert out["prompt_logprobs"][0] is None and len(out["prompt_logprobs"]) == len(
+        engine.seen[-1][1]
+    )
+    for bad, param in (({"stream": True}, "prompt_logprobs"), ({"prompt_logprobs": 21}, None)):
+        r = client.post("/v1/completions", json={**body, **bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == (param or "prompt_logprobs")

@@ -38,6 +38,7 @@ async def create_chat_completion(request: Request) -> Response:
         system_fingerprint=system_fingerprint(state),
         prompt_token_ids=[prompt.token_ids] if req.return_token_ids else None,
         return_token_ids=req.return_token_ids,
+        want_prompt_logprobs=req.prompt_logprobs is not None,
         tokens_as_ids=req.return_tokens_as_token_ids,
         role=req.answer_role,
         echo_text=req.echo_text(),

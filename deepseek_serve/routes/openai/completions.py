@@ -46,6 +46,7 @@ async def create_completion(request: Request, *, deepseek_usage: bool = False) -
         cache_usage=deepseek_usage,
         prompt_token_ids=[p.token_ids for p in prompts] if req.return_token_ids else None,
         return_token_ids=req.return_token_ids,
+        want_prompt_logprobs=req.prompt_logprobs is not None,
         tokens_as_ids=tokens_as_ids,
         echo_texts=[p.text for p in prompts] if req.echo else None,
         prompt_token_texts=[

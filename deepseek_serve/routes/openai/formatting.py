@@ -54,8 +54,10 @@ class Formatter:
     # Where a full response puts prompt_token_ids: on each choice (completions) or on the body
     # (chat), as vLLM does.
     prompt_ids_on_body: bool = False
+    want_prompt_logprobs: bool = False  # vLLM's prompt_logprobs (full responses only)
     choices: list[_Choice] = field(init=False)
     _cached: list[int] = field(init=False)  # prompt tokens found in the prefix cache, per prompt
+    _prompt_lps: list[Any] = field(init=False)  # vLLM's prompt_logprobs, per prompt
     # Only a full (non-streamed) response needs the text and logprobs kept; a stream sends them.
     _keep: bool = field(default=False, init=False)
     _head: bytes | None = field(default=None, init=False)  # the start every chunk shares
@@ -63,6 +65,7 @@ class Formatter:
     def __post_init__(self) -> None:
         self.choices = [_Choice() for _ in range(len(self.prompt_lens) * self.n)]
         self._cached = [0] * len(self.prompt_lens)
+        self._prompt_lps = [None] * len(self.prompt_lens)
 
     def usage(self) -> dict[str, int]:
         prompt = sum(self.prompt_lens)
@@ -108,6 +111,8 @@ class Formatter:
         pre: list[bytes] = []
         if out.num_cached_tokens:
             self._cached[prompt_index] = out.num_cached_tokens
+        if self.want_prompt_logprobs and out.prompt_logprobs is not None:
+            self._prompt_lps[prompt_index] = [_prompt_logprob(e) for e in out.prompt_logprobs]
         if not choice.started:
             choice.started = True
             # Framed now: with continuous usage, the opening chunk counts no completion tokens.
@@ -227,6 +232,9 @@ class Formatter:
                 if self.prompt_token_ids is not None and not self.prompt_ids_on_body:
                     wire["prompt_token_ids"] = self.prompt_token_ids[i // self.n]
                 wire["token_ids"] = state.token_ids
+        if self.want_prompt_logprobs and not self.prompt_ids_on_body:
+            for i, wire in enumerate(choices):
+                wire["prompt_logprobs"] = self._prompt_lps[i // self.n]
         body: dict[str, Any] = {
             "id": self.request_id,
             "object": self.object_name,
@@ -239,6 +247,8 @@ class Formatter:
             body["system_fingerprint"] = self.system_fingerprint
         if self.return_token_ids and self.prompt_ids_on_body and self.prompt_token_ids:
             body["prompt_token_ids"] = self.prompt_token_ids[0]
+        if self.want_prompt_logprobs and self.prompt_ids_on_body:
+            body["prompt_logprobs"] = self._prompt_lps[0]
         return body
 
 
@@ -358,6 +368,26 @@ class ChatFormatter(Formatter):
 
     def merge_logprobs(self, parts: list[Any]) -> Any:
         return {"content": [entry for part in parts for entry in part["content"]]}
+
+
+def _prompt_logprob(entry: TokenLogprob | None) -> dict[str, Any] | None:
+    """vLLM's prompt_logprobs entry: the prompt's token and the top ones, by id (the first
+    prompt token has none)."""
+    if entry is None:
+        return None
+    out = {
+        str(entry.token_id): {
+            "logprob": max(entry.logprob, -9999.0),  # vLLM clamps -inf so that JSON can carry it
+            "rank": entry.rank,
+            "decoded_token": entry.token,
+        }
+    }
+    for rank, (token_id, text, logprob) in enumerate(entry.top, 1):
+        out.setdefault(
+            str(token_id),
+            {"logprob": max(logprob, -9999.0), "rank": rank, "decoded_token": text},
+        )
+    return out
 
 
 def _chat_token(token: str, logprob: float) -> dict[str, Any]:

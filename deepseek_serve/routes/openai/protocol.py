@@ -106,6 +106,7 @@ class SamplingFields(_Body):
     allowed_token_ids: list[int] | None = Field(None, min_length=1)
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @field_validator("stop")
     @classmethod
@@ -122,6 +123,14 @@ class SamplingFields(_Body):
         if value:
             token_id_keys(value)
         return value
+
+    @model_validator(mode="after")
+    def _prompt_logprobs_not_streamed(self) -> SamplingFields:
+        if self.prompt_logprobs is not None and self.stream:
+            raise InvalidRequestError(
+                "prompt_logprobs is not available with stream", param="prompt_logprobs"
+            )
+        return self
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingFields:
@@ -196,6 +205,7 @@ class SamplingFields(_Body):
             allowed_token_ids=tuple(self.allowed_token_ids) if self.allowed_token_ids else None,
             structured=structured_output(self.response_format, self.structured_outputs),
             logprobs=logprobs,
+            prompt_logprobs=self.prompt_logprobs,
             priority=self.priority,
             user=self.user,
         )
@@ -284,7 +294,8 @@ class CompletionRequest(SamplingFields):
         max_tokens, unbounded = self.length(self.max_tokens)
         sampling = self.sampling(max_tokens=max_tokens, logprobs=self.logprobs)
         if self.echo and self.logprobs is not None:
-            sampling = dataclasses.replace(sampling, prompt_logprobs=self.logprobs)
+            wanted = max(self.logprobs, self.prompt_logprobs or 0)
+            sampling = dataclasses.replace(sampling, prompt_logprobs=wanted)
         prompt: TextPrompts | RepoPrompt
         if self.repository_context:
             prompt = RepoPrompt(
