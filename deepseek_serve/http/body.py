@@ -63,6 +63,19 @@ async def parse_body(request: Request, model: type[T]) -> T:
 
 def validate_lenient(model: type[T], data: dict[str, Any], where: str = "") -> T:
     """``data`` validated into ``model`` with unknown keys dropped (and logged once)."""
+    # OpenAI's optional parameters are nullable: ``"n": null`` means "not given" (SDKs and the
+    # DeepSeek platform's own examples send nulls), even where our default is not None.
+    fields = model.model_fields
+    nulls = [
+        k
+        for k, v in data.items()
+        if v is None
+        and k in fields
+        and not fields[k].is_required()
+        and fields[k].default is not None
+    ]
+    if nulls:
+        data = {k: v for k, v in data.items() if k not in nulls}
     ignored: list[str] = []
     for _ in range(_MAX_PASSES):
         try:

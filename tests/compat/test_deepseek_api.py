@@ -104,3 +104,22 @@ def test_alias_errors_answer_in_the_openai_shape(
             "code",
         }
     assert not engine.seen
+
+
+def test_deepseek_docs_fim_request_with_nulls(client: TestClient) -> None:
+    # Source: api-docs.deepseek.com/api/create-completion (Create FIM Completion (Beta)): every
+    # field but model and prompt is nullable; null means "not given"
+    body = {"model": "demo", "prompt": "def fib(a):", "suffix": "    return fib(a-1) + fib(a-2)",
+            "echo": False, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": 0,
+            "max_tokens": 4, "stop": None, "stream": False, "stream_options": None,
+            "temperature": 1, "top_p": 1}  # fmt: skip
+    r = client.post("/beta/completions", json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert len(choice["logprobs"]["top_logprobs"]) == r.json()["usage"]["completion_tokens"]
+    nulls = {k: None for k in ("echo", "frequency_penalty", "presence_penalty", "logprobs",
+                               "stream", "temperature", "top_p", "n")}  # fmt: skip
+    r = client.post("/beta/completions", json={**body, **nulls})
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None
+    r = client.post("/beta/completions", json={**body, "prompt": None})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"

@@ -198,3 +198,34 @@ def test_return_token_ids_and_tokens_as_ids(client: OpenAI) -> None:
     choice = r.choices[0].model_extra
     assert choice["prompt_token_ids"] == [BOS, 17535, 1835] and len(choice["token_ids"]) == 3
     assert r.choices[0].logprobs.tokens == [f"token_id:{i}" for i in choice["token_ids"]]
+
+
+def test_prompt_logprobs_and_continued_assistant_turn(server: LiveServer, client: OpenAI) -> None:
+    r = client.completions.create(
+        model=MODEL_NAME,
+        prompt="Hello world",
+        max_tokens=1,
+        extra_body={"prompt_logprobs": 1},
+    )
+    lps = r.choices[0].model_extra["prompt_logprobs"]
+    assert lps[0] is None and len(lps) == 3
+    hello = lps[1]["17535"]
+    assert hello["decoded_token"] == "Hello" and hello["rank"] >= 1 and hello["logprob"] <= 0
+    assert any(v["rank"] == 1 for v in lps[1].values())
+    # a prefilled assistant turn, continued and echoed (vLLM's chat extensions)
+    messages = [*CHAT, {"role": "assistant", "content": "def f("}]
+    chat = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=3,
+        logit_bias={str(EOT): -100},
+        extra_body={"continue_final_message": True, "echo": True, "add_generation_prompt": False},
+    )
+    assert chat.choices[0].message.content.startswith("def f(")
+    tok = httpx.post(
+        f"{server.base_url}/tokenize",
+        json={"messages": messages, "continue_final_message": True, "add_generation_prompt": False},
+    ).json()
+    assert chat.usage.prompt_tokens == tok["count"]
+    text = httpx.post(f"{server.base_url}/detokenize", json={"tokens": tok["tokens"]}).json()
+    assert text["prompt"].endswith("### Response:\ndef f(")
