@@ -273,3 +273,14 @@ def test_prompt_logprobs(client_engine: tuple[TestClient, FakeEngine]) -> None:
     for bad, param in (({"stream": True}, "prompt_logprobs"), ({"prompt_logprobs": 21}, None)):
         r = client.post("/v1/completions", json={**body, **bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == (param or "prompt_logprobs")
+
+
+def test_chat_stream_return_token_ids(client_engine: tuple[TestClient, FakeEngine]) -> None:
+    # vLLM's chat stream: prompt_token_ids on the body of the first chunk, token_ids per choice
+    client, engine = client_engine
+    body = {"messages": CHAT, "max_tokens": 3, "stream": True, "return_token_ids": True}
+    chunks = events(client.post("/v1/chat/completions", json=body).text)
+    assert chunks[0]["prompt_token_ids"] == engine.seen[-1][1]
+    assert all("prompt_token_ids" not in c for c in chunks[1:])
+    assert all("prompt_token_ids" not in ch for c in chunks for ch in c["choices"])
+    assert len([i for c in chunks[1:] for i in c["choices"][0]["token_ids"]]) == 3

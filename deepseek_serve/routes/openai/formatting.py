@@ -116,7 +116,10 @@ class Formatter:
         if not choice.started:
             choice.started = True
             # Framed now: with continuous usage, the opening chunk counts no completion tokens.
-            pre = [self._chunk([c]) for c in self.first_delta(index, prompt_index, out)]
+            pre = [
+                self._chunk([c], top=self._opening_extra(prompt_index) if j == 0 else None)
+                for j, c in enumerate(self.first_delta(index, prompt_index, out))
+            ]
         choice.tokens += len(seq.token_ids)
         logprobs = None
         if self.want_logprobs and seq.logprobs is not None:
@@ -142,6 +145,7 @@ class Formatter:
         usage: dict[str, int] | None = None,
         *,
         last: bool = False,
+        top: dict[str, Any] | None = None,
     ) -> bytes:
         # The fields every chunk shares are serialized once per response; only the choices (and
         # usage) are encoded per token. The bytes equal sse_frame() of the whole chunk.
@@ -163,6 +167,8 @@ class Formatter:
         if last and self.system_fingerprint is not None:
             parts.append(b',"system_fingerprint":')
             parts.append(json_bytes(self.system_fingerprint))
+        for key, value in (top or {}).items():
+            parts.append(b"," + json_bytes(key) + b":" + json_bytes(value))
         if self.include_usage:
             parts.append(b',"usage":')
             parts.append(
@@ -172,6 +178,12 @@ class Formatter:
             )
         parts.append(b"}\n\n")
         return b"".join(parts)
+
+    def _opening_extra(self, prompt_index: int) -> dict[str, Any] | None:
+        """Body-level fields of a stream's opening chunk: chat's prompt_token_ids (vLLM)."""
+        if self.return_token_ids and self.prompt_ids_on_body and self.prompt_token_ids:
+            return {"prompt_token_ids": self.prompt_token_ids[prompt_index]}
+        return None
 
     def _shaped(self, choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not self.logprobs_field:
@@ -216,7 +228,7 @@ class Formatter:
     ) -> None:
         # vLLM's stream: the prompt's ids once, on the choice's first chunk; then id deltas.
         state = self.choices[prompt_index * self.n + seq.index]
-        if not state.ids_sent and self.prompt_token_ids is not None:
+        if not state.ids_sent and self.prompt_token_ids is not None and not self.prompt_ids_on_body:
             state.ids_sent = True
             choice["prompt_token_ids"] = self.prompt_token_ids[prompt_index]
         choice["token_ids"] = list(seq.token_ids)
