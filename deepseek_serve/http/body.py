@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -81,14 +82,11 @@ def validate_lenient(model: type[T], data: dict[str, Any], where: str = "") -> T
         try:
             parsed = model.model_validate(data)
         except ValidationError as exc:
-            errors = exc.errors(include_url=False)
-            extra = [e["loc"] for e in errors if e["type"] == "extra_forbidden"]
-            if not extra:
+            unknown = _unknown_keys(data, exc.errors(include_url=False))
+            if not unknown:
                 raise to_invalid_request(exc) from None
-            data, dropped = _without(data, extra)
-            if not dropped:
-                raise to_invalid_request(exc) from None
-            ignored.extend(dropped)
+            data = _without(data, unknown)
+            ignored.extend(_param_path(path) for path in unknown)
             continue
         if ignored:
             logger.warning(
@@ -100,32 +98,57 @@ def validate_lenient(model: type[T], data: dict[str, Any], where: str = "") -> T
     raise InvalidRequestError("The body nests unknown fields too deeply.", code="invalid_value")
 
 
-def _without(data: dict[str, Any], locs: list[tuple[Any, ...]]) -> tuple[dict[str, Any], list[str]]:
-    """A deep copy of ``data`` without the keys at ``locs``, and those keys' parameter paths.
-    A location that cannot be followed in the data (a union member's tag) is left alone."""
+KeyPath = tuple[Any, ...]
+
+
+def _split(data: Any, loc: KeyPath) -> tuple[KeyPath, KeyPath]:
+    """An error location as (the path of keys and indices in ``data``, the union-member tags
+    pydantic put in it: the parts ``data`` has no such key or index for)."""
+    path: list[Any] = []
+    tags: list[Any] = []
+    node = data
+    for part in loc:
+        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+            path.append(part)
+        else:
+            tags.append((len(path), part))
+    return tuple(path), tuple(tags)
+
+
+def _unknown_keys(data: dict[str, Any], errors: list[Any]) -> list[KeyPath]:
+    """Paths of the keys no model accepts. Under a union, a key counts only if every member
+    that failed there refused it as extra: ``{"b": ...}`` is not unknown when one member has
+    ``b``."""
+    split = [(e["type"], *_split(data, e["loc"])) for e in errors]
+    refused: dict[KeyPath, set[KeyPath]] = {}
+    for kind, path, tags in split:
+        if kind == "extra_forbidden" and path:
+            refused.setdefault(path, set()).add(tags)
+    unknown = []
+    for path, refusing in refused.items():
+        parent = path[:-1]
+        members = {
+            tags
+            for _, other, tags in split
+            if other[: len(parent)] == parent and len(tags) == len(next(iter(refusing)))
+        }
+        if members <= refusing:
+            unknown.append(path)
+    return unknown
+
+
+def _without(data: dict[str, Any], paths: list[KeyPath]) -> dict[str, Any]:
+    """A deep copy of ``data`` without the keys at ``paths``."""
     out = copy.deepcopy(data)
-    dropped = []
-    for loc in locs:
-        # Keys the data does not have are the tags pydantic gives union members: skipped.
-        path = [p for p in loc if not _is_union_tag(p)]
+    for path in paths:
         node: Any = out
-        kept: list[Any] = []
         for part in path[:-1]:
-            if isinstance(node, dict) and isinstance(part, str):
-                if part in node:
-                    node = node[part]
-                    kept.append(part)
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-                node = node[part]
-                kept.append(part)
-            else:
-                node = None
-                break
-        key = path[-1] if path else None
-        if isinstance(node, dict) and isinstance(key, str) and key in node:
-            del node[key]
-            dropped.append(_param_path([*kept, key]))
-    return out, dropped
+            node = node[part]
+        del node[path[-1]]
+    return out
 
 
 def to_invalid_request(exc: ValidationError) -> InvalidRequestError:
@@ -146,7 +169,7 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
 
 
-def _param_path(loc: list[Any]) -> str:
+def _param_path(loc: Sequence[Any]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
