@@ -243,6 +243,7 @@ def test_structured_outputs_reach_the_engine(
         ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
         ({"structured_outputs": {}}, "structured_outputs"),
         ({"structured_outputs": {"choice": []}}, "structured_outputs.choice"),
+        ({"structured_outputs": {"regex": "a\x00"}}, "structured_outputs.regex"),
     ],
 )
 def test_bad_structured_outputs(

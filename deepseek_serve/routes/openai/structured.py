@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deepseek_serve.engine import StructuredOutput
 from deepseek_serve.errors import InvalidRequestError
@@ -47,6 +47,14 @@ class StructuredOutputs(_Strict):
     grammar: str | None = Field(None, min_length=1)
     json_object: bool | None = None
     disable_any_whitespace: bool = False
+
+    @field_validator("regex")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # vLLM refuses it with a plain ValueError from inside the engine call (a 500 there)
+        if value is not None and "\x00" in value:
+            raise ValueError("a regex must not contain a NUL character")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StructuredOutputs:
