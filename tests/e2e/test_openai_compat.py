@@ -128,12 +128,18 @@ def test_deepseek_beta_fim_through_the_openai_client(server: LiveServer) -> None
     # Continue's deepseek provider: FIM to {apiBase}beta/completions, apiBase without /v1
     # (continuedev/continue packages/openai-adapters/src/apis/DeepSeek.ts).
     beta = OpenAI(base_url=f"{server.base_url}/beta", api_key="unused", max_retries=0)
-    body = {"prompt": "def fib(a):", "suffix": "    return fib(a-1) + fib(a-2)"}
+    # long enough to fill whole KV blocks, so that vLLM's prefix cache can hold it
+    prefix = "def fib(a):\n" + "".join(f"    # step {i} of the recursion\n" for i in range(30))
+    body = {"prompt": prefix, "suffix": "    return fib(a-1) + fib(a-2)"}
     first = beta.completions.create(model=MODEL_NAME, max_tokens=4, **body)  # type: ignore[call-overload]
     usage = first.usage.model_extra
     assert usage["prompt_cache_hit_tokens"] + usage["prompt_cache_miss_tokens"] == (
         first.usage.prompt_tokens
     )
+    again = beta.completions.create(model=MODEL_NAME, max_tokens=4, **body)  # type: ignore[call-overload]
+    hit = again.usage.model_extra["prompt_cache_hit_tokens"]
+    assert 0 < hit < again.usage.prompt_tokens  # the same prompt again: from the prefix cache
+    assert again.usage.model_extra["prompt_cache_miss_tokens"] == again.usage.prompt_tokens - hit
     assert first.system_fingerprint
     stream = beta.completions.create(  # type: ignore[call-overload]
         model=MODEL_NAME, max_tokens=4, stream=True, **body
