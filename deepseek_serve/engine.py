@@ -30,6 +30,17 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """A constraint on the output, for vLLM's structured-output backend: ``kind`` is one of
+    ``json`` (a JSON schema, as a dict or its text), ``json_object`` (any JSON object),
+    ``regex``, ``choice`` (a list of strings) or ``grammar`` (EBNF / Lark)."""
+
+    kind: str
+    value: Any
+    disable_any_whitespace: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingOptions:
     """What to generate. Stop token ids are complete: the engine adds none of its own."""
 
@@ -48,6 +59,8 @@ class SamplingOptions:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
+    allowed_token_ids: tuple[int, ...] | None = None
+    structured: StructuredOutput | None = None
     min_tokens: int = 0
     priority: int = 0
     # Not sampling: a routing hint (the OpenAI 'user' field). With several engine replicas, a
@@ -60,7 +73,8 @@ class TokenLogprob:
     token_id: int
     token: str
     logprob: float
-    top: tuple[tuple[int, str, float], ...] = ()
+    top: tuple[tuple[int, str, float], ...] = ()  # best first
+    rank: int | None = None  # of this token among the vocabulary (1: the most likely)
 
 
 @dataclass(slots=True)
@@ -325,7 +339,14 @@ def _terminate_children(grace: float = 5.0) -> None:
 
 def _to_vllm(o: SamplingOptions) -> SamplingParams:
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    structured = None
+    if o.structured is not None:
+        structured = StructuredOutputsParams(
+            **{o.structured.kind: o.structured.value},
+            disable_any_whitespace=o.structured.disable_any_whitespace,
+        )
 
     return SamplingParams(
         n=o.n,
@@ -346,6 +367,8 @@ def _to_vllm(o: SamplingOptions) -> SamplingParams:
         logprobs=o.logprobs,
         prompt_logprobs=o.prompt_logprobs,
         logit_bias=o.logit_bias,
+        allowed_token_ids=list(o.allowed_token_ids) if o.allowed_token_ids else None,
+        structured_outputs=structured,
         min_tokens=o.min_tokens,
         output_kind=RequestOutputKind.DELTA,
     )
@@ -385,7 +408,8 @@ def _logprob(token_id: int, candidates: Any, k: int) -> TokenLogprob:
     chosen = candidates[token_id]
     ranked = sorted(candidates.items(), key=lambda kv: -kv[1].logprob)[:k]
     top = tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in ranked)
-    return TokenLogprob(token_id, chosen.decoded_token or "", chosen.logprob, top)
+    rank = getattr(chosen, "rank", None)
+    return TokenLogprob(token_id, chosen.decoded_token or "", chosen.logprob, top, rank)
 
 
 def model_dir_of(model: str, *, revision: str | None = None, allow_download: bool = True) -> Path:

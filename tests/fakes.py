@@ -1,7 +1,7 @@
 """A fake engine for the in-process tier: real DeepSeek tokenizer, deterministic output, no vLLM.
 
 It honours the parts of the engine contract the HTTP layer relies on (n, max_tokens, stop token
-ids, stop strings, logprobs, seeds, abort on close) and can fail on purpose.
+ids, stop strings, logprobs, seeds, allowed token ids, abort on close) and can fail on purpose.
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ class FakeEngine(Engine):
             raise self.start_error
         self.limits = ModelLimits(self.max_model_len, self.model_vocab_size)
 
-    def _choose(self, rng: random.Random, step: int) -> int:
+    def _choose(self, rng: random.Random, step: int, options: SamplingOptions) -> int:
         if self.script is not None:
             return self.script[step % len(self.script)]
-        return rng.choice(self.word_ids)
+        return rng.choice(options.allowed_token_ids or self.word_ids)
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], options: SamplingOptions
@@ -82,7 +82,7 @@ class FakeEngine(Engine):
                 for i in range(options.n):
                     if done[i]:
                         continue
-                    token = self._choose(rngs[i], step)
+                    token = self._choose(rngs[i], step, options)
                     text = self.tokenizer.decode([token])
                     finish = None
                     reason: int | str | None = None
@@ -107,11 +107,23 @@ class FakeEngine(Engine):
                         logprobs = [TokenLogprob(token, self.tokenizer.decode([token]), -1.5, top)]
                     deltas.append(SequenceDelta(i, text, [token], logprobs, finish, reason))
                 finished = all(done)
-                yield EngineOutput(sequences=deltas, finished=finished)
+                prompt_lps = None
+                if step == 0 and options.prompt_logprobs is not None:
+                    prompt_lps = self._prompt_logprobs(prompt_token_ids, options.prompt_logprobs)
+                yield EngineOutput(sequences=deltas, finished=finished, prompt_logprobs=prompt_lps)
                 if finished:
                     return
         finally:
             self.running.discard(request_id)
+
+    def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob | None]:
+        """The first prompt token has none, as in vLLM; the others a fixed -2.0, rank 5."""
+        top = tuple(
+            (t, self.tokenizer.decode([t]), -1.0 - j) for j, t in enumerate(self.word_ids[:k])
+        )
+        return [None] + [
+            TokenLogprob(t, self.tokenizer.decode([t]), -2.0, top, rank=5) for t in ids[1:]
+        ]
 
     async def abort(self, request_id: str) -> None:
         self.running.discard(request_id)

@@ -85,7 +85,8 @@ class ServerState:
         return self.validator
 
     def check_model(self, requested: str | None) -> None:
-        if requested is not None and requested not in (self.model_name, self.settings.model):
+        # Missing, null or "" means the served model, as vLLM does (llama.vim sends "").
+        if requested and requested not in (self.model_name, self.settings.model):
             raise ModelNotFoundError(
                 f"The model {requested!r} does not exist; this server serves {self.model_name!r}.",
                 param="model",

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from deepseek_serve.engine import ModelLimits, SamplingOptions
+from deepseek_serve.engine import ModelLimits, SamplingOptions, StructuredOutput
 from deepseek_serve.errors import ContextWindowExceededError, InvalidRequestError
 from deepseek_serve.prompts.packing import PieceCache, pack_repo_prompt
 from deepseek_serve.prompts.scheduling import INTERACTIVE_PRIORITY, priority_scheduling
@@ -75,6 +75,7 @@ class TextPrompts:
 class ChatPrompt:
     messages: Sequence[ChatMessage]
     add_generation_prompt: bool = True
+    continue_final_message: bool = False  # the last message stays open: the model continues it
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ class Sampling:
     logit_bias: Mapping[int, float] | None = None
     min_tokens: int = 0
     ignore_eos: bool = False  # the variant's stop tokens do not stop
+    allowed_token_ids: Sequence[int] | None = None  # sampling only among these
+    structured: StructuredOutput | None = None  # output constrained to a schema, regex ...
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     priority: int = 0
@@ -194,8 +197,10 @@ class Validator:
         bias = dict(s.logit_bias) if s.logit_bias else None
         if bias:
             self.check_ids(tuple(bias), req.name("logit_bias"))
-        chat = isinstance(req.prompt, ChatPrompt)
-        variant_stops = self.variant.chat_stop_ids if chat else self.variant.completion_stop_ids
+        allowed = tuple(s.allowed_token_ids) if s.allowed_token_ids else None
+        if allowed:
+            self.check_ids(allowed, req.name("allowed_token_ids"))
+        variant_stops = self._variant_stops(req.prompt)
         priority = s.priority
         if priority == 0 and req.interactive and self.priority_scheduling:
             priority = INTERACTIVE_PRIORITY
@@ -215,15 +220,31 @@ class Validator:
             logprobs=s.logprobs,
             prompt_logprobs=s.prompt_logprobs,
             logit_bias=bias,
+            allowed_token_ids=allowed,
+            structured=s.structured,
             min_tokens=s.min_tokens,
             priority=priority,
             session=s.user,
         )
         return ValidRequest(prompts, options, tokens_dropped)
 
+    def _variant_stops(self, prompt: TextPrompts | ChatPrompt | RepoPrompt) -> tuple[int, ...]:
+        """Chat ends at the turn's end; fill-in-the-middle at end-of-sentence (DeepSeek's
+        README); a plain completion at either (its prompt may be a chat turn the client
+        rendered itself)."""
+        if isinstance(prompt, ChatPrompt):
+            return self.variant.chat_stop_ids
+        if prompt.suffix is not None:
+            return self.variant.completion_stop_ids
+        return self.variant.text_stop_ids
+
     def _check_caps(self, req: GenerationRequest) -> None:
         lim, s, prompt = self.limits, req.sampling, req.prompt
-        values = {"n": (s.n, lim.max_n), "logprobs": (s.logprobs, lim.max_logprobs)}
+        values = {
+            "n": (s.n, lim.max_n),
+            "logprobs": (s.logprobs, lim.max_logprobs),
+            "prompt_logprobs": (s.prompt_logprobs, lim.max_logprobs),
+        }
         counts = {"stop": (len(s.stop), lim.max_stop_sequences)}
         if isinstance(prompt, ChatPrompt):
             counts["messages"] = (len(prompt.messages), lim.max_messages)
@@ -276,7 +297,13 @@ class Validator:
     def check_ids(self, ids: Sequence[int], param: str) -> None:
         limit = self.limits.vocab_size
         for j, token_id in enumerate(ids):
-            if not 0 <= token_id < limit:
+            if token_id < 0:
+                raise InvalidRequestError(
+                    f"Token ids must be >= 0, got {token_id}.",
+                    param=f"{param}[{j}]",
+                    code="invalid_token_id",
+                )
+            if token_id >= limit:
                 raise InvalidRequestError(
                     f"Token id {token_id} is outside the vocabulary (0..{limit - 1}).",
                     param=f"{param}[{j}]",
@@ -307,6 +334,10 @@ class Validator:
                 out.append(TokenPrompt(item, self.tokenizer.decode(item)))
         return out
 
+    async def chat_tokens(self, prompt: ChatPrompt) -> TokenPrompt:
+        """A chat rendered with the checkpoint's template and tokenized, as generation does."""
+        return await self._chat(prompt)
+
     async def _chat(self, prompt: ChatPrompt) -> TokenPrompt:
         if not self.variant.supports_chat:
             raise InvalidRequestError(
@@ -316,7 +347,10 @@ class Validator:
                 code="chat_not_supported",
             )
         text = render_chat(
-            list(prompt.messages), self.variant, add_generation_prompt=prompt.add_generation_prompt
+            list(prompt.messages),
+            self.variant,
+            add_generation_prompt=prompt.add_generation_prompt,
+            continue_final_message=prompt.continue_final_message,
         )
         return TokenPrompt(await self.encode(text), text)
 

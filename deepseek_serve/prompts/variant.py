@@ -108,19 +108,35 @@ class Variant:
         return (self.special.eos,)
 
     @property
+    def text_stop_ids(self) -> tuple[int, ...]:
+        """Ids that end a plain (not fill-in-the-middle) completion: end-of-sentence, and on an
+        instruct checkpoint also the end of a turn. Clients such as Continue's vLLM provider
+        render the chat template themselves and send it as a completion prompt; the
+        checkpoint's generation_config ends turns at <|EOT|> and vLLM stops there."""
+        if self.kind is Kind.INSTRUCT and self.special.eot is not None:
+            return (self.special.eos, self.special.eot)
+        return self.completion_stop_ids
+
+    @property
     def supports_chat(self) -> bool:
         """Whether chat requests can be served (instruct models only)."""
         return self.kind is Kind.INSTRUCT
 
     def describe(self) -> str:
         """One start-up log line naming the stop tokens and their ids."""
-        completion = _format_ids(self.completion_stop_ids, self.special)
+        fim = _format_ids(self.completion_stop_ids, self.special)
+        text = _format_ids(self.text_stop_ids, self.special)
         chat = (
             f"chat stops at {_format_ids(self.chat_stop_ids, self.special)}"
             if self.supports_chat
             else "no chat (base model)"
         )
-        return f"{self.family.value} {self.kind.value}: {chat}; completion/FIM stop at {completion}"
+        stops = (
+            f"completion/FIM stop at {fim}"
+            if text == fim
+            else f"completion stops at {text}; FIM stops at {fim}"
+        )
+        return f"{self.family.value} {self.kind.value}: {chat}; {stops}"
 
 
 def _format_ids(ids: tuple[int, ...], special: SpecialTokens) -> str:

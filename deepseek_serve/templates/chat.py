@@ -77,13 +77,20 @@ def _render_v2(
 
 
 def render_chat(
-    messages: Sequence[ChatMessage], variant: Variant, *, add_generation_prompt: bool = True
+    messages: Sequence[ChatMessage],
+    variant: Variant,
+    *,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
 ) -> str:
     """Render ``messages`` exactly as the model's official chat template does.
 
     The result starts with the BOS text, like the template's; PromptTokenizer.encode keeps a
     single BOS. Raises ValueError for base models, an empty conversation (as transformers'
     apply_chat_template does) or an unknown role.
+
+    ``continue_final_message`` leaves the last message open (as transformers and vLLM do: the
+    text ends right after its content), so the model continues it.
     """
     if not variant.supports_chat:
         raise ValueError(f"{variant.family.value} {variant.kind.value} has no chat template")
@@ -92,6 +99,13 @@ def render_chat(
     for message in messages:
         if message.role not in _ROLES:
             raise ValueError(f"unsupported chat role {message.role!r}")
+    if continue_final_message:
+        add_generation_prompt = False
     if variant.family is Family.CODER_V1:
-        return _render_v1(messages, variant, add_generation_prompt)
-    return _render_v2(messages, variant, add_generation_prompt)
+        text = _render_v1(messages, variant, add_generation_prompt)
+    else:
+        text = _render_v2(messages, variant, add_generation_prompt)
+    if continue_final_message:
+        last = messages[-1].content
+        text = text[: text.rindex(last) + len(last)]
+    return text

@@ -90,9 +90,23 @@ def test_fim_with_suffix_renders_deepseek_tokens(
     assert options.stop_token_ids == (32014,)  # <｜end▁of▁sentence｜>, not <|EOT|>
 
 
-def test_completion_on_instruct_model_does_not_stop_at_eot(make_client: MakeClient) -> None:
+def test_completion_on_instruct_model_stops_at_eot_or_eos(make_client: MakeClient) -> None:
+    # Continue's vLLM provider renders the chat template itself and posts it here
+    # (continuedev/continue core/llm/llms/Vllm.ts, _legacystreamComplete): the turn ends at
+    # <|EOT|>, as vLLM stops at the checkpoint's generation_config eos.
     client, engine = make_client(script=[32021, 32014])
     r = post(client, {"prompt": "x", "max_tokens": 10}).json()
+    assert r["choices"][0]["finish_reason"] == "stop"
+    assert r["usage"]["completion_tokens"] == 1  # stopped at <|EOT|>
+    assert engine.seen[-1][2].stop_token_ids == (32014, 32021)
+    client, engine = make_client(script=[32014, 32021])
+    r = post(client, {"prompt": "x", "max_tokens": 10}).json()
+    assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] == 1
+
+
+def test_fim_on_instruct_model_does_not_stop_at_eot(make_client: MakeClient) -> None:
+    client, engine = make_client(script=[32021, 32014])
+    r = post(client, {"prompt": "x", "suffix": "y", "max_tokens": 10}).json()
     assert r["choices"][0]["finish_reason"] == "stop"
     assert r["usage"]["completion_tokens"] == 2  # went through <|EOT|>, stopped at EOS
     assert engine.seen[-1][2].stop_token_ids == (32014,)
@@ -102,7 +116,7 @@ def test_user_stops_add_to_variant_stops(client_engine: tuple[TestClient, FakeEn
     client, engine = client_engine
     post(client, {"prompt": "x", "max_tokens": 2, "stop_token_ids": [1835], "stop": ["\n\n"]})
     options = engine.seen[-1][2]
-    assert options.stop_token_ids == (32014, 1835) and options.stop == ("\n\n",)
+    assert options.stop_token_ids == (32014, 32021, 1835) and options.stop == ("\n\n",)
 
 
 def test_ignore_eos_drops_only_the_variant_stops(
@@ -158,8 +172,13 @@ def test_logprobs_and_echo(client: TestClient) -> None:
     choice = r["choices"][0]
     assert choice["text"].startswith("Hello")
     lp = choice["logprobs"]
-    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) == 3
-    assert all(len(t) == 2 for t in lp["top_logprobs"])
+    # the prompt's 2 tokens (BOS, "Hello"), then the 3 generated
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) == 5
+    assert lp["tokens"][:2] == ["<｜begin▁of▁sentence｜>", "Hello"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None  # nothing before BOS
+    # each position: its own token first, then the top 2 (vLLM's "up to logprobs + 1")
+    for token, top in zip(lp["tokens"][1:], lp["top_logprobs"][1:], strict=True):
+        assert next(iter(top)) == token and 2 <= len(top) <= 3
 
 
 def test_mid_stream_failure_is_an_error_frame_then_done(make_client: MakeClient) -> None:

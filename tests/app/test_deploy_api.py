@@ -99,7 +99,7 @@ def test_streams(client_engine: tuple[TestClient, FakeEngine]) -> None:
         ("/api/v1/completion", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ("/api/v1/completion", {"prompt": "x", "temperature": "hot"}, "temperature"),
         ("/api/v1/completion", {"prompt": "x", "stop": [""]}, "stop"),
-        ("/api/v1/completion", {"prompt": "x", "tools": []}, "tools"),
+        ("/api/v1/completion", {"prompt": "x", "stream": "yes"}, "stream"),
         ("/api/v1/insertion", {"prefix": "x"}, "suffix"),
         ("/api/v1/chat", {"messages": []}, "messages"),
         ("/api/v1/chat", {"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),

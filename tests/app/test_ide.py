@@ -65,7 +65,6 @@ def test_repository_context_far_larger_than_the_window_is_packed(
         ({"prompt": ["a", "b"]}, "input_extra"),
         ({"input_extra": "util.py"}, "input_extra"),
         ({"input_extra": [{"text": "x"}]}, "input_extra[0].filename"),
-        ({"input_extra": [{"filename": "a", "text": "x", "time": 1}]}, "input_extra[0].time"),
         ({"filename": "a\nb"}, "filename"),
         ({"session_id": ""}, "session_id"),
     ],
@@ -80,7 +79,7 @@ def test_bad_context_fields(
     assert not engine.seen
 
 
-def test_instruct_completion_runs_through_eot_and_stops_at_end_of_sentence(
+def test_instruct_completion_stops_at_eot_and_fim_runs_through_it(
     client_engine: tuple[TestClient, FakeEngine], v1_setup: TokenizerSetup
 ) -> None:
     client, engine = client_engine
@@ -89,7 +88,12 @@ def test_instruct_completion_runs_through_eot_and_stops_at_end_of_sentence(
     x = engine.word_ids[6]
     engine.script = [x, special.eot, x, special.eos, x]
     out = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 10}).json()
-    assert out["choices"][0]["text"] == " x<|EOT|> x"
+    assert out["choices"][0]["text"] == " x"  # a plain completion ends a turn at <|EOT|>
+    assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] == 2
+    assert engine.seen[-1][2].stop_token_ids == (special.eos, special.eot)
+    fim = {"prompt": "a", "suffix": "b", "max_tokens": 10}
+    out = client.post("/v1/completions", json=fim).json()
+    assert out["choices"][0]["text"] == " x<|EOT|> x"  # FIM: end-of-sentence only
     assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] == 4
     assert engine.seen[-1][2].stop_token_ids == (special.eos,)
     infill = {"input_prefix": "a", "input_suffix": "b", "n_predict": 10}

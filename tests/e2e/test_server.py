@@ -98,12 +98,17 @@ def test_stop_tokens_follow_the_variant(client: OpenAI) -> None:
         logit_bias=force_eot,
     )
     assert chat.choices[0].finish_reason == "stop" and chat.usage.completion_tokens == 1
-    # completion with an instruct checkpoint must run through <|EOT|> ...
+    # a plain completion with an instruct checkpoint ends a turn at <|EOT|> (as vLLM) ...
     cmpl = client.completions.create(
         model=MODEL_NAME, prompt="x", max_tokens=8, logit_bias=force_eot
     )
+    assert cmpl.choices[0].finish_reason == "stop" and cmpl.usage.completion_tokens == 1
+    # ... fill-in-the-middle runs through it ...
+    cmpl = client.completions.create(
+        model=MODEL_NAME, prompt="x", suffix="y", max_tokens=8, logit_bias=force_eot
+    )
     assert cmpl.choices[0].finish_reason == "length" and cmpl.usage.completion_tokens == 8
-    # ... and stop at <｜end▁of▁sentence｜>
+    # ... and both stop at <｜end▁of▁sentence｜>
     cmpl = client.completions.create(
         model=MODEL_NAME, prompt="x", max_tokens=8, logit_bias={str(EOS): 100}
     )

@@ -65,10 +65,13 @@ def test_v1_instruct(v1: tuple[PreTrainedTokenizerBase, dict[str, Any]]) -> None
     )
     assert variant.chat_stop_ids == (32021,)
     assert variant.completion_stop_ids == (32014,)
+    # a plain completion may be a chat turn the client rendered itself: it ends at either
+    assert variant.text_stop_ids == (32014, 32021)
     assert variant.supports_chat
     assert variant.describe() == (
         "deepseek-coder instruct: chat stops at <|EOT|> (32021); "
-        "completion/FIM stop at <｜end▁of▁sentence｜> (32014)"
+        "completion stops at <｜end▁of▁sentence｜> (32014), <|EOT|> (32021); "
+        "FIM stops at <｜end▁of▁sentence｜> (32014)"
     )
 
 
@@ -88,7 +91,7 @@ def test_v1_base_from_tokenizer_config(
     assert variant.kind is Kind.BASE
     assert not variant.supports_chat
     assert variant.chat_stop_ids == (32014,)
-    assert variant.completion_stop_ids == (32014,)
+    assert variant.completion_stop_ids == (32014,) == variant.text_stop_ids
     assert variant.describe() == (
         "deepseek-coder base: no chat (base model); "
         "completion/FIM stop at <｜end▁of▁sentence｜> (32014)"
@@ -115,6 +118,7 @@ def test_v2_kind_from_name_hint(v2: tuple[PreTrainedTokenizerBase, dict[str, Any
     assert (s.bos, s.eos, s.eot, s.eot_text) == (100000, 100001, None, None)
     assert (s.fim_hole, s.fim_begin, s.fim_end) == (100002, 100003, 100004)
     assert instruct.chat_stop_ids == (100001,) == instruct.completion_stop_ids
+    assert instruct.text_stop_ids == (100001,)
     assert instruct.describe() == (
         "deepseek-coder-v2 instruct: chat stops at <｜end▁of▁sentence｜> (100001); "
         "completion/FIM stop at <｜end▁of▁sentence｜> (100001)"

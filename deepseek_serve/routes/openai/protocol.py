@@ -1,8 +1,13 @@
 """Request bodies of the OpenAI-compatible API, validated strictly.
 
-Wrong types, out-of-range values and unknown fields are rejected (400 naming the parameter)
-rather than coerced or ignored: a client that sends ``"temperature": "hot"`` or ``"tools"`` should
-learn at once that it did not get what it asked for.
+Known fields with a wrong type or an out-of-range value are rejected (400 naming the parameter)
+rather than coerced: a client that sends ``"temperature": "hot"`` learns at once that it did not
+get what it asked for. Unknown fields are ignored and logged, as vLLM does (``http.body``).
+
+Fields of llama.cpp's and Ollama's dialects that editor plugins send to these routes and that mean
+something we support are honoured: ``n_predict`` (0: a warm-up that processes the prompt and
+answers nothing; -1: no limit), ``repeat_penalty`` and Ollama's ``options`` (``num_predict``,
+``temperature``, ``stop`` ...). The OpenAI field wins where both are given.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from deepseek_serve.prompts.validation import (
     TextPrompts,
     token_id_keys,
 )
+from deepseek_serve.routes.openai.structured import (
+    ResponseFormat,
+    StructuredOutputs,
+    structured_output,
+)
 from deepseek_serve.templates import ChatMessage
 from deepseek_serve.templates.repo import RepoFile
 
 MAX_LOGPROBS = 20  # vLLM's own ceiling; the operator's cap is settings.max_logprobs
-
-NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -36,6 +44,29 @@ class _Strict(BaseModel):
 
 class _Body(Body):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class OllamaOptions(_Strict):
+    """Ollama's ``options`` as twinny's "openai-compatible" provider sends them (``null`` is
+    "not given"); unknown options are ignored and logged like unknown fields."""
+
+    num_predict: int | None = Field(None, ge=-2)  # -1: no limit, -2: fill the window
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    stop: list[str] | None = None
+    repeat_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: list[str] | None) -> list[str] | None:
+        if value and any(not s for s in value):
+            raise ValueError("stop sequences must be non-empty")
+        return value
 
 
 class StreamOptions(_Strict):
@@ -55,16 +86,27 @@ class SamplingFields(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[NonNegInt] | None = Field(None, max_length=64)  # extension
+    stop_token_ids: list[int] | None = Field(None, max_length=64)  # extension; ids checked later
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)  # extension
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)  # extension
     min_tokens: int = Field(0, ge=0)  # extension
     ignore_eos: bool = False  # extension (vLLM's): the variant's stop tokens do not stop
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
     priority: int = Field(0, ge=-1_000_000, le=1_000_000)  # extension (priority scheduling)
+    # llama.cpp's and Ollama's names, honoured when the OpenAI field is not given
+    n_predict: int | None = Field(None, ge=-1)  # 0: warm-up, -1: no limit
+    repeat_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    options: OllamaOptions | None = None
+    # vLLM's extensions
+    return_token_ids: bool = False  # prompt_token_ids and token_ids in the answer
+    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:N"
+    allowed_token_ids: list[int] | None = Field(None, min_length=1)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @field_validator("stop")
     @classmethod
@@ -83,6 +125,14 @@ class SamplingFields(_Body):
         return value
 
     @model_validator(mode="after")
+    def _prompt_logprobs_not_streamed(self) -> SamplingFields:
+        if self.prompt_logprobs is not None and self.stream:
+            raise InvalidRequestError(
+                "prompt_logprobs is not available with stream", param="prompt_logprobs"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError(
@@ -91,26 +141,71 @@ class SamplingFields(_Body):
         return self
 
     def stop_list(self) -> tuple[str, ...]:
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        stop = self.stop
+        if stop is None and self.options is not None:
+            stop = self.options.stop
+        return (stop,) if isinstance(stop, str) else tuple(stop or ())
+
+    def _foreign_length(self) -> int | None:
+        """``n_predict`` or ``options.num_predict``, whichever was given (None: neither)."""
+        if self.n_predict is not None:
+            return self.n_predict
+        return self.options.num_predict if self.options is not None else None
+
+    def length(self, max_tokens: int | None) -> tuple[int | None, bool]:
+        """Tokens to generate (None: the default) and whether the default is "no limit"."""
+        if max_tokens is not None:
+            return max_tokens, False
+        foreign = self._foreign_length()
+        if foreign is None:
+            return None, False
+        if foreign < 0:
+            return None, True
+        return max(foreign, 1), False  # 0: a warm-up generates one token, answered as none
+
+    def warmup(self, max_tokens: int | None) -> bool:
+        """llama.cpp's ``n_predict: 0`` (llama.vim's warm-up): process the prompt, answer
+        nothing."""
+        return max_tokens is None and self._foreign_length() == 0
+
+    def _option(self, name: str) -> Any:
+        value = getattr(self, name)
+        if value is None and self.options is not None:
+            value = getattr(self.options, name)
+        return value
 
     def sampling(self, *, max_tokens: int | None, logprobs: int | None) -> Sampling:
+        o = self.options
+        repetition = self.repetition_penalty or self.repeat_penalty
+        if repetition is None and o is not None:
+            repetition = o.repeat_penalty
+        fields = set(self.model_fields_set)
+        presence, frequency = self.presence_penalty, self.frequency_penalty
+        if o is not None:
+            if "presence_penalty" not in fields and o.presence_penalty is not None:
+                presence = o.presence_penalty
+            if "frequency_penalty" not in fields and o.frequency_penalty is not None:
+                frequency = o.frequency_penalty
         return Sampling(
             max_tokens=max_tokens,
             n=self.n,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            seed=self.seed,
+            temperature=self._option("temperature"),
+            top_p=self._option("top_p"),
+            top_k=self._option("top_k"),
+            min_p=self._option("min_p"),
+            seed=self._option("seed"),
             stop=self.stop_list(),
             stop_token_ids=tuple(self.stop_token_ids or ()),
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
+            presence_penalty=presence,
+            frequency_penalty=frequency,
+            repetition_penalty=1.0 if repetition is None else repetition,
             logit_bias=token_id_keys(self.logit_bias) if self.logit_bias else None,
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
+            allowed_token_ids=tuple(self.allowed_token_ids) if self.allowed_token_ids else None,
+            structured=structured_output(self.response_format, self.structured_outputs),
             logprobs=logprobs,
+            prompt_logprobs=self.prompt_logprobs,
             priority=self.priority,
             user=self.user,
         )
@@ -124,7 +219,9 @@ class SamplingFields(_Body):
         return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
 
-PromptInput = str | list[str] | list[NonNegInt] | list[list[NonNegInt]]
+# Ids are checked after the union matched (``_non_empty``), so that a negative one gets a message
+# about ids rather than "Input should be a valid string" from the first union member.
+PromptInput = str | list[str] | list[int] | list[list[int]]
 
 
 def _one_line(value: str | None) -> str | None:
@@ -159,6 +256,19 @@ class CompletionRequest(SamplingFields):
     def _non_empty(cls, value: PromptInput) -> PromptInput:
         if isinstance(value, list) and (not value or any(v == [] for v in value)):
             raise ValueError("prompt must not be an empty list")
+        if isinstance(value, list):
+            rows = [value] if value and isinstance(value[0], int) else value
+            for i, row in enumerate(rows):
+                if not isinstance(row, list):
+                    continue
+                for j, token_id in enumerate(row):
+                    if token_id < 0:
+                        at = f"prompt[{j}]" if rows is not value else f"prompt[{i}][{j}]"
+                        raise InvalidRequestError(
+                            f"Token ids must be >= 0, got {token_id}.",
+                            param=at,
+                            code="invalid_token_id",
+                        )
         return value
 
     @model_validator(mode="after")
@@ -181,9 +291,11 @@ class CompletionRequest(SamplingFields):
         return self.input_extra is not None or self.filename is not None
 
     def to_generation(self, default_max_tokens: int) -> GenerationRequest:
-        sampling = self.sampling(max_tokens=self.max_tokens, logprobs=self.logprobs)
+        max_tokens, unbounded = self.length(self.max_tokens)
+        sampling = self.sampling(max_tokens=max_tokens, logprobs=self.logprobs)
         if self.echo and self.logprobs is not None:
-            sampling = dataclasses.replace(sampling, prompt_logprobs=self.logprobs)
+            wanted = max(self.logprobs, self.prompt_logprobs or 0)
+            sampling = dataclasses.replace(sampling, prompt_logprobs=wanted)
         prompt: TextPrompts | RepoPrompt
         if self.repository_context:
             prompt = RepoPrompt(
@@ -191,14 +303,14 @@ class CompletionRequest(SamplingFields):
                 prefix=cast(str, self.prompt),  # a single text: checked above
                 suffix=self.suffix,
                 filename=self.filename,
-                reserve=self.max_tokens or default_max_tokens,
+                reserve=max_tokens or (None if unbounded else default_max_tokens),
             )
         else:
             prompt = TextPrompts(_prompt_items(self.prompt), self.suffix)
         return GenerationRequest(
             prompt,
             sampling,
-            default_max_tokens=default_max_tokens,
+            default_max_tokens=None if unbounded else default_max_tokens,
             interactive=isinstance(prompt, RepoPrompt) or len(prompt.items) == 1,
         )
 
@@ -263,25 +375,51 @@ class ChatMessageIn(BaseModel):
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-class ResponseFormat(_Strict):
-    type: Literal["text"]
-
-
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    response_format: ResponseFormat | None = None
     add_generation_prompt: bool = True  # extension
+    continue_final_message: bool = False  # extension (vLLM's): the last message is continued
+    echo: bool = False  # extension (vLLM's): the answer starts with the last message's content
+    # Known so that they are refused, not ignored: a client relying on tools must learn at once.
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionRequest:
+        if self.tools:
+            raise InvalidRequestError("Tools are not supported by DeepSeek-Coder.", param="tools")
+        if self.continue_final_message and self.add_generation_prompt:
+            if "add_generation_prompt" in self.model_fields_set:
+                raise InvalidRequestError(
+                    "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+                    param="continue_final_message",
+                )
+            # Not given: continuing the final message implies no generation prompt.
+            object.__setattr__(self, "add_generation_prompt", False)
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError(
                 "top_logprobs requires logprobs to be true", param="top_logprobs"
             )
         return self
+
+    @property
+    def answer_role(self) -> str:
+        """The role the answer is written in: the assistant's, or, with no generation prompt,
+        that of the message being continued (vLLM's rule)."""
+        if self.add_generation_prompt:
+            return "assistant"
+        return _ROLES.get(self.messages[-1].role, self.messages[-1].role)
+
+    def echo_text(self) -> str | None:
+        """What ``echo`` puts before the answer: the last message's content when it has the
+        answer's role (vLLM's rule), else nothing."""
+        last = self.messages[-1]
+        if not self.echo or _ROLES.get(last.role) != self.answer_role:
+            return None
+        return last.to_message(len(self.messages) - 1).content
 
     @property
     def effective_max_tokens(self) -> int | None:
@@ -290,8 +428,9 @@ class ChatCompletionRequest(SamplingFields):
     def to_generation(self) -> GenerationRequest:
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         messages = [m.to_message(i) for i, m in enumerate(self.messages)]
+        max_tokens, _ = self.length(self.effective_max_tokens)
         return GenerationRequest(
-            ChatPrompt(messages, self.add_generation_prompt),
-            self.sampling(max_tokens=self.effective_max_tokens, logprobs=logprobs),
+            ChatPrompt(messages, self.add_generation_prompt, self.continue_final_message),
+            self.sampling(max_tokens=max_tokens, logprobs=logprobs),
             names={"logprobs": "top_logprobs"},
         )

@@ -1,0 +1,67 @@
+"""The unknown-field policy of ``http.body``: unknown keys at any depth are dropped and named in
+one warning; known fields stay strict; ``null`` for an optional top-level field is "not given"."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from deepseek_serve.errors import InvalidRequestError
+from deepseek_serve.http.body import validate_lenient
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Inner(Strict):
+    a: int = 0
+
+
+class Other(Strict):
+    b: str
+
+
+class Outer(Strict):
+    x: int = 1
+    inner: Inner | None = None
+    items: list[Inner] = []
+    either: Inner | Other | None = None
+    flag: bool = False
+
+
+def test_unknown_keys_dropped_at_any_depth_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = {"x": 2, "zz": 1, "inner": {"a": 3, "yy": 2}, "items": [{"a": 1}, {"a": 2, "q": 0}]}
+    with caplog.at_level(logging.WARNING):
+        parsed = validate_lenient(Outer, data, "/p")
+    assert parsed == Outer(x=2, inner=Inner(a=3), items=[Inner(a=1), Inner(a=2)])
+    (record,) = caplog.records
+    assert (
+        record.getMessage()
+        == "/p: fields present in the request but ignored: inner.yy, items[1].q, zz"
+    )
+    assert data["zz"] == 1  # the caller's data is left as it was
+
+
+def test_unknown_key_inside_a_union_member() -> None:
+    assert validate_lenient(Outer, {"either": {"b": "s", "extra": 1}}).either == Other(b="s")
+    assert validate_lenient(Outer, {"either": {"a": 4, "extra": 1}}).either == Inner(a=4)
+
+
+def test_known_fields_stay_strict_beside_unknown_ones() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        validate_lenient(Outer, {"x": "2", "unknown": True})
+    assert info.value.param == "x"
+    with pytest.raises(InvalidRequestError) as info:
+        validate_lenient(Outer, {"inner": {"a": "no", "extra": 1}})
+    assert info.value.param == "inner.a"
+
+
+def test_null_is_not_given_for_optional_fields(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert validate_lenient(Outer, {"x": None, "flag": None, "inner": None}) == Outer()
+    assert not caplog.records  # a null is not an unknown field
