@@ -262,7 +262,9 @@ class CompletionRequest(LlamaFields):
             items = [[int(item) for item in prompt]]  # type: ignore[arg-type]
         else:
             items = list(prompt)  # type: ignore[arg-type]
-        return GenerationRequest(TextPrompts(items), self.sampling(), names=self.names)
+        return GenerationRequest(
+            TextPrompts(items), self.sampling(), fit_max_tokens=True, names=self.names
+        )
 
 
 def llama_error(exc: APIError) -> dict[str, Any]:

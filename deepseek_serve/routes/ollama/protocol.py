@@ -167,7 +167,9 @@ class GenerateRequest(_OllamaBody):
         else:
             messages = [ChatMessage("system", self.system)] if self.system else []
             prompt = ChatPrompt([*messages, ChatMessage("user", self.prompt)])
-        return GenerationRequest(prompt, sampling, interactive=bool(self.suffix), names=_NAMES)
+        return GenerationRequest(
+            prompt, sampling, fit_max_tokens=True, interactive=bool(self.suffix), names=_NAMES
+        )
 
 
 class Message(BaseModel):
@@ -205,7 +207,9 @@ class ChatRequest(_OllamaBody):
                     param=f"messages[{i}].tool_calls",
                 )
             messages.append(ChatMessage(role, m.content or ""))
-        return GenerationRequest(ChatPrompt(messages), self.sampling(), names=_NAMES)
+        return GenerationRequest(
+            ChatPrompt(messages), self.sampling(), fit_max_tokens=True, names=_NAMES
+        )
 
 
 class ShowRequest(Body):
