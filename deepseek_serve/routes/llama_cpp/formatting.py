@@ -265,7 +265,7 @@ class LlamaFormatter:
     ) -> AsyncIterator[bytes]:
         async for prompt_index, out in outputs:
             for index, seq in self._take(prompt_index, out):
-                if seq.text:
+                if seq.text or seq.token_ids:  # as llama.cpp: a frame per token, text or not
                     yield sse_frame(self._partial(index, seq))
         for index in range(len(self.results)):
             yield sse_frame(self.final(index, "", stream=True))
