@@ -149,6 +149,34 @@ def test_model_names(client: TestClient) -> None:
         assert r.status_code == 400 and r.json() == {"error": "model is required"}
     r = client.post("/api/generate", json={"model": "m"})  # empty prompt: Ollama loads
     assert r.json()["done_reason"] == "load" and r.json()["done"] is True
+    r = client.post("/api/generate", json={"model": "m", "keep_alive": 0})
+    assert r.json()["done_reason"] == "unload"
+
+
+def test_num_predict_0_processes_the_prompt_only(
+    client_engine: tuple[TestClient, FakeEngine],
+) -> None:
+    client, engine = client_engine
+    body = {"model": MODEL, "prompt": "x", "raw": True, "options": {"num_predict": 0}}
+    out = lines(client.post("/api/generate", json=body).text)
+    assert len(out) == 1 and out[0]["response"] == "" and "eval_count" not in out[0]
+    assert engine.seen[-1][2].max_tokens == 1 and engine.running == set()
+
+
+def test_editor_traffic_runs_first_under_priority_scheduling(make_client: MakeClient) -> None:
+    client, engine = make_client(settings={"engine_args": {"scheduling_policy": "priority"}})
+    body = {"model": MODEL, "prompt": "x", "raw": True, "stream": False,
+            "options": {"num_predict": 1}}  # fmt: skip
+    client.post("/api/generate", json=body)
+    assert engine.seen[-1][2].priority < 0
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False,
+            "options": {"num_predict": 1}}  # fmt: skip
+    client.post("/api/chat", json=chat)
+    assert engine.seen[-1][2].priority == 0
+    client.post("/completion", json={"prompt": "x", "n_predict": 1})
+    assert engine.seen[-1][2].priority < 0
+    client.post("/completion", json={"prompt": ["x", "y"], "n_predict": 1})
+    assert engine.seen[-1][2].priority == 0
 
 
 def test_model_cards(client: TestClient) -> None:

@@ -5,6 +5,7 @@ themselves, and token ids go through the same vocabulary checks as everywhere.""
 from __future__ import annotations
 
 import uuid
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -17,10 +18,10 @@ from deepseek_serve.prompts.validation import ValidRequest
 from deepseek_serve.routes.llama_cpp.formatting import LlamaFormatter, line_limits
 from deepseek_serve.routes.llama_cpp.protocol import LLAMA_CPP, CompletionRequest, LlamaFields
 
+L = TypeVar("L", bound=LlamaFields)
 
-async def answer(
-    request: Request, opened: Opened[LlamaFields], valid: ValidRequest, kind: str
-) -> Response:
+
+async def answer(request: Request, opened: Opened[L], valid: ValidRequest, kind: str) -> Response:
     """Run a validated llama.cpp request and answer it as llama.cpp does."""
     state, req, tokenizer = opened.state, opened.body, opened.validator.tokenizer
     prompts = valid.prompts
@@ -53,7 +54,7 @@ async def completion(request: Request) -> Response:
     # llama.cpp serves one model and ignores the name clients send (Continue sends its own).
     opened = await open_request(request, CompletionRequest, check_model=False)
     valid = await opened.validator.validate(opened.body.to_generation())
-    return await answer(request, opened, valid, "cmpl")  # type: ignore[arg-type]
+    return await answer(request, opened, valid, "cmpl")
 
 
 routes = [Route("/completion", completion, methods=["POST"])]

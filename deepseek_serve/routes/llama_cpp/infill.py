@@ -15,7 +15,7 @@ async def infill(request: Request) -> Response:
     # llama.cpp ignores the model name (llama.vim always sends "model": "").
     opened = await open_request(request, InfillRequest, check_model=False)
     valid = await opened.validator.validate(opened.body.to_generation())
-    return await answer(request, opened, valid, "infill")  # type: ignore[arg-type]
+    return await answer(request, opened, valid, "infill")
 
 
 routes = [Route("/infill", infill, methods=["POST"])]

@@ -262,8 +262,14 @@ class CompletionRequest(LlamaFields):
             items = [[int(item) for item in prompt]]  # type: ignore[arg-type]
         else:
             items = list(prompt)  # type: ignore[arg-type]
+        # One prompt is an editor's completion (Continue, Tabby, twinny): it runs first under
+        # priority scheduling, as single-prompt /v1/completions does; several are batch work.
         return GenerationRequest(
-            TextPrompts(items), self.sampling(), fit_max_tokens=True, names=self.names
+            TextPrompts(items),
+            self.sampling(),
+            fit_max_tokens=True,
+            interactive=len(items) == 1,
+            names=self.names,
         )
 
 

@@ -61,7 +61,7 @@ async def generate(request: Request) -> Response:
     name = _model(request, req.model)
     generation = req.to_generation(opened.validator.variant)
     if req.loads_only:
-        return JSONResponse(OllamaFormatter(name, 0).final("", reason="load"))
+        return JSONResponse(OllamaFormatter(name, 0).final("", reason=req.load_reason))
     valid = await opened.validator.validate(generation)
     return await _run(request, state, valid, name, req.streaming, req.warmup, chat=False)
 

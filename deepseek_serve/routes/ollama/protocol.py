@@ -126,8 +126,13 @@ class GenerateRequest(_OllamaBody):
 
     @property
     def loads_only(self) -> bool:
-        """An empty prompt loads the model in Ollama: nothing to generate."""
+        """An empty prompt loads the model in Ollama (unloads it with ``keep_alive`` 0):
+        nothing to generate."""
         return not self.prompt and not self.suffix
+
+    @property
+    def load_reason(self) -> str:
+        return "unload" if self.keep_alive in (0, "0", "0s") else "load"
 
     def to_generation(self, variant: Variant) -> GenerationRequest:
         """Ollama's prompt rules for DeepSeek-Coder: ``raw`` (or the prompt-only template, or a
@@ -168,7 +173,7 @@ class GenerateRequest(_OllamaBody):
             messages = [ChatMessage("system", self.system)] if self.system else []
             prompt = ChatPrompt([*messages, ChatMessage("user", self.prompt)])
         return GenerationRequest(
-            prompt, sampling, fit_max_tokens=True, interactive=bool(self.suffix), names=_NAMES
+            prompt, sampling, fit_max_tokens=True, interactive=True, names=_NAMES
         )
 
 
