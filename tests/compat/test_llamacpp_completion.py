@@ -110,3 +110,25 @@ def test_token_id_prompts_and_arrays(server: LiveServer, v1_setup: TokenizerSetu
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt[1]"
     assert _post(server, "/completion", {}, body).json()["content"] == one["content"]
     server.wait_engine_idle()
+
+
+def test_n_probs_as_llama_cpp_tests_it(server: LiveServer) -> None:
+    """llama.cpp's tests/unit/test_completion.py test_n_probs and test_n_probs_stream, ported:
+    one entry per token, each with exactly n_probs alternatives; one entry per stream frame."""
+    body = {"prompt": "I believe the meaning of life is", "n_predict": 5, "n_probs": 3,
+            "ignore_eos": True, "seed": 1}  # fmt: skip
+    out = _post(server, "/completion", {}, body).json()
+    probs = out["completion_probabilities"]
+    assert len(probs) == 5
+    for entry in probs:
+        assert entry["id"] >= 0 and entry["logprob"] <= 0 and isinstance(entry["bytes"], list)
+        assert len(entry["top_logprobs"]) == 3
+        assert all(t["logprob"] <= 0 and isinstance(t["token"], str) for t in entry["top_logprobs"])
+    r = _post(server, "/completion", {}, {**body, "stream": True})
+    frames = [json.loads(f[len("data: ") :]) for f in r.text.split("\n\n") if f]
+    assert all(len(f["completion_probabilities"]) == 1 for f in frames[:-1])
+    assert "completion_probabilities" not in frames[-1] and len(frames) == 6
+    assert [f["completion_probabilities"][0]["id"] for f in frames[:-1]] == [
+        p["id"] for p in probs
+    ]  # same seed: the same tokens, streamed or not
+    server.wait_engine_idle()
