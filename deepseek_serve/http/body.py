@@ -40,10 +40,12 @@ class Body(BaseModel):
 T = TypeVar("T", bound=BaseModel)
 
 
-async def parse_body(request: Request, model: type[T]) -> T:
-    """Read, decode and validate a JSON body, or raise a 400 naming the bad parameter."""
+async def parse_body(request: Request, model: type[T], *, any_content_type: bool = False) -> T:
+    """Read, decode and validate a JSON body, or raise a 400 naming the bad parameter.
+    ``any_content_type``: the body is JSON whatever the header says (Ollama's server reads it
+    so, and ollama-rs sends no Content-Type at all)."""
     content_type = request.headers.get("content-type", "")
-    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+    if not any_content_type and content_type.split(";", 1)[0].strip().lower() != "application/json":
         raise UnsupportedMediaTypeError(
             f"Content-Type must be application/json, got {content_type or 'nothing'!r}."
         )

@@ -112,12 +112,21 @@ class Opened(Generic[B]):
     session: str | None  # the editor session key, scoped by credentials
 
 
-async def open_request(request: Request, model: type[B], *, sessions: bool = True) -> Opened[B]:
+async def open_request(
+    request: Request,
+    model: type[B],
+    *,
+    sessions: bool = True,
+    any_content_type: bool = False,
+    check_model: bool = True,
+) -> Opened[B]:
     """The opening checks of every generation handler, in one order: parse and validate the
-    body, the model it names, the engine's readiness, the editor session key."""
+    body, the model it names, the engine's readiness, the editor session key. A dialect that
+    names models its own way (Ollama) passes ``check_model=False`` and checks it itself."""
     state = server_state(request)
-    body = await parse_body(request, model)
-    state.check_model(body.model)
+    body = await parse_body(request, model, any_content_type=any_content_type)
+    if check_model:
+        state.check_model(body.model)
     validator = state.ready()
     session = session_key(request, body.session_id) if sessions else None
     return Opened(state, body, validator, session)

@@ -91,13 +91,21 @@ async def aclose(stream: AsyncIterator[Any]) -> None:
         await close()
 
 
+def ndjson_line(payload: dict[str, Any]) -> bytes:
+    """One line of a newline-delimited JSON stream (Ollama's streams)."""
+    return json_bytes(payload) + b"\n"
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    """How one API dialect answers: the bytes that end its streams and its error body."""
+    """How one API dialect answers: its error body, how its streams are framed (SSE ``data:``
+    frames or NDJSON lines), their media type and the bytes that end them."""
 
     name: str
     stream_end: bytes
     error_body: Callable[[APIError], dict[str, Any]]
+    frame: Callable[[dict[str, Any]], bytes] = sse_frame
+    media_type: str = "text/event-stream"
 
 
 def _openai_error(error: APIError) -> dict[str, Any]:
@@ -118,7 +126,7 @@ async def with_error_frame(
     except Exception as exc:
         error = as_api_error(exc)
         _log_failure(error, exc)
-        yield sse_frame(dialect.error_body(error))
+        yield dialect.frame(dialect.error_body(error))
     finally:
         await aclose(frames)
 
@@ -153,8 +161,14 @@ class SSEResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, frames: AsyncIterator[bytes], end: bytes = b"") -> None:
-        super().__init__(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def __init__(
+        self, frames: AsyncIterator[bytes], end: bytes = b"", media_type: str | None = None
+    ) -> None:
+        super().__init__(
+            frames,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            media_type=media_type,
+        )
         self.end = end
 
     async def stream_response(self, send: Send) -> None:
@@ -207,7 +221,8 @@ async def until_disconnected(request: Request, work: Callable[[], Awaitable[T]])
 class ResponseBuilder(Protocol):
     def frames(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> AsyncIterator[bytes]: ...
 
-    async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]: ...
+    # One JSON body: an object, or an array where a dialect answers several results so.
+    async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> Any: ...
 
 
 async def respond(
@@ -218,12 +233,15 @@ async def respond(
     stream: bool,
     dialect: Dialect = OPENAI,
 ) -> Response:
-    """An SSE stream or one JSON body; a client that leaves aborts the engine work either way.
+    """A stream in the dialect's framing (SSE or NDJSON) or one JSON body; a client that leaves
+    aborts the engine work either way.
     Errors before the response starts propagate (the app answers them in the route's dialect);
     errors mid-stream become the dialect's error frame."""
     if stream:
         frames = await until_disconnected(request, lambda: first_then_rest(builder.frames(outputs)))
-        return SSEResponse(with_error_frame(frames, dialect), end=dialect.stream_end)
+        return SSEResponse(
+            with_error_frame(frames, dialect), end=dialect.stream_end, media_type=dialect.media_type
+        )
     return JSONResponse(await until_disconnected(request, lambda: builder.collect(outputs)))
 
 

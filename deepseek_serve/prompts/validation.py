@@ -122,6 +122,9 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     # max_tokens when not given: None means whatever room the window leaves.
     default_max_tokens: int | None = None
+    # llama.cpp's and Ollama's rule: a max_tokens past the window's end (or the operator's cap)
+    # generates up to there, instead of a 400 (Continue asks 4096 tokens whatever the prompt).
+    fit_max_tokens: bool = False
     # Editor traffic: runs first under priority scheduling unless it names its own priority.
     interactive: bool = False
     # Server-chosen stop strings (e.g. a language's next top-level unit): not the client's, so
@@ -277,8 +280,9 @@ class Validator:
             )
         cap = self.limits.max_tokens
         param = req.name("max_tokens")
-        if requested is None:
+        if requested is None or req.fit_max_tokens:
             chosen = room if default is None else min(default, room)
+            chosen = chosen if requested is None else min(requested, room)
             return chosen if cap is None else min(chosen, cap)
         if cap is not None and requested > cap:
             raise InvalidRequestError(

@@ -10,9 +10,9 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from deepseek_serve.http.streaming import Dialect
-from deepseek_serve.routes import guide, llama_cpp, openai, system
+from deepseek_serve.routes import guide, llama_cpp, ollama, openai, system
 
-_DIALECTS = (openai, llama_cpp, guide)
+_DIALECTS = (openai, llama_cpp, ollama, guide)
 
 
 def all_routes() -> list[Route]:

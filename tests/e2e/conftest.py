@@ -154,13 +154,27 @@ def start_server(
     assert not leftover, f"engine processes left behind after SIGTERM: {leftover}"
 
 
+# The session's one v1 server. tests/compat imports the ``server`` fixture into its own
+# conftest, which makes a second fixture definition; both hand out the same server, started by
+# whichever asks first and stopped by that one (session fixtures end in reverse order).
+_SHARED: dict[str, LiveServer] = {}
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    if "v1" in _SHARED:
+        yield _SHARED["v1"]
+        return
     root = tmp_path_factory.mktemp("e2e")
     model = build_demo_model(
         "demo", root / "tiny-coder", tokenizer_dir=FIXTURES / "deepseek-coder-hub-layout"
     )
-    yield from start_server(root, model, MODEL_NAME)
+    for live in start_server(root, model, MODEL_NAME):
+        _SHARED["v1"] = live
+        try:
+            yield live
+        finally:
+            del _SHARED["v1"]
 
 
 @pytest.fixture(scope="session")
