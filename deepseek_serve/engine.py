@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import threading
@@ -17,6 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from prometheus_client import Counter
 
 from deepseek_serve.errors import EngineDeadError, InternalError, InvalidRequestError
 
@@ -233,6 +236,7 @@ class VLLMEngine(Engine):
         # Building the engine blocks for tens of seconds (it spawns and handshakes the engine
         # core); a thread keeps the event loop, and so /health, answering meanwhile.
         llm = await asyncio.to_thread(build)
+        count_abandoned_tokens(llm.output_processor, abandoned_tokens_counter())
         config = llm.model_config
         self.limits = ModelLimits(
             max_model_len=config.max_model_len, model_vocab_size=config.get_vocab_size()
@@ -302,6 +306,38 @@ class VLLMEngine(Engine):
             # Still starting: the engine processes are our only children. Stopping them makes
             # the builder thread fail at once instead of finishing a start nobody wants.
             _terminate_children()
+
+
+ABANDONED_TOKENS = "deepseek_serve_engine_abandoned_tokens"
+
+
+@functools.cache
+def abandoned_tokens_counter() -> Counter:
+    """One per process (the engines of a process share it), in the default registry that
+    ``/metrics`` renders after the server's own families."""
+    return Counter(
+        ABANDONED_TOKENS,
+        "Tokens the engine decoded for requests that had already ended for the server: cancelled, "
+        "superseded by a newer request of their session, disconnected, or stopped by a stop "
+        "string. Decoding work nobody receives.",
+    )
+
+
+def count_abandoned_tokens(output_processor: Any, counter: Counter) -> None:
+    """Count, into ``counter``, the tokens of engine outputs that vLLM's output processor
+    drops because their request is no longer known to it (aborted). vLLM counts no such thing:
+    its ``generation_tokens`` see only live requests. Wraps ``process_outputs`` of this one
+    output processor (vLLM's internal API, pinned with vLLM; tests/unit/test_engine_waste.py)."""
+    process = output_processor.process_outputs
+
+    def counting(outputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        live = output_processor.request_states
+        abandoned = sum(len(o.new_token_ids) for o in outputs if o.request_id not in live)
+        if abandoned:
+            counter.inc(abandoned)
+        return process(outputs, *args, **kwargs)
+
+    output_processor.process_outputs = counting
 
 
 def _import_vllm() -> None:

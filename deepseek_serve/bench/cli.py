@@ -278,7 +278,12 @@ async def _run_all(
 ) -> tuple[list[dict[str, Any]], list[tuple[int | None, str]]]:
     from tqdm import tqdm
 
-    from deepseek_serve.bench.client import first_model, new_session
+    from deepseek_serve.bench.client import (
+        engine_counters,
+        first_model,
+        new_session,
+        waste_metrics,
+    )
     from deepseek_serve.bench.runner import LoadSpec, Target, run_compare, run_once, warm_up
 
     biggest = max((lvl or len(reqs)) for lvl, reqs, _ in workloads)
@@ -303,6 +308,7 @@ async def _run_all(
             for target in targets:
                 if warm:
                     await warm_up(session, target, warm, load)
+            counters = [await engine_counters(session, t.base_url) for t in targets]
             total = len(requests) * len(targets)
             bar = tqdm(total=total, disable=args.disable_tqdm, desc=f"concurrency {level or '-'}")
             if len(targets) == 1:
@@ -337,7 +343,9 @@ async def _run_all(
                 )
             bar.close()
             level_runs = []
-            for target, outcome, rounds in zip(targets, outcomes, per_round, strict=True):
+            for target, outcome, rounds, before in zip(
+                targets, outcomes, per_round, counters, strict=True
+            ):
                 result = compute_metrics(
                     outcome.outputs,
                     outcome.duration,
@@ -348,6 +356,8 @@ async def _run_all(
                 result.update(_run_info(args, target, requests, level))
                 if outcome.cpu is not None:
                     result.update(cpu_metrics(outcome.cpu, result))
+                after = await engine_counters(session, target.base_url)
+                result.update(waste_metrics(before, after, result))
                 result.update(rounds)  # each turn's duration and tokens, in round order
                 if ratios and target is targets[0]:
                     result["round_output_throughput_ratios"] = ratios

@@ -151,6 +151,43 @@ def new_session(max_connections: int) -> aiohttp.ClientSession:
     )
 
 
+# The server's engine-side counters a run reports on, when the target exposes them.
+ENGINE_COUNTERS = ("deepseek_serve_engine_abandoned_tokens_total", "vllm:generation_tokens_total")
+
+
+async def engine_counters(session: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
+    """``ENGINE_COUNTERS`` from the target's ``/metrics``, summed over labels; those it does not
+    expose (or a ``/metrics`` it refuses) are missing."""
+    try:
+        async with session.get(base_url.rstrip("/") + "/metrics") as resp:
+            if resp.status != 200:
+                return {}
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in ENGINE_COUNTERS:
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def waste_metrics(
+    before: dict[str, float], after: dict[str, float], result: dict[str, Any]
+) -> dict[str, float]:
+    """Decoding nobody received (tokens for requests already ended) and the share of requests
+    the client cancelled, over one run."""
+    out = {"cancelled_request_share": result["cancelled"] / max(1, result["num_prompts"])}
+    abandoned, generated = ENGINE_COUNTERS
+    if abandoned in after and generated in after:
+        lost = after[abandoned] - before.get(abandoned, 0.0)
+        kept = after[generated] - before.get(generated, 0.0)
+        out["abandoned_tokens"] = lost
+        out["abandoned_token_share"] = lost / (lost + kept) if lost + kept else 0.0
+    return out
+
+
 async def first_model(session: aiohttp.ClientSession, base_url: str) -> str:
     async with session.get(base_url.rstrip("/") + "/v1/models") as resp:
         resp.raise_for_status()

@@ -34,6 +34,9 @@ def summary(result: dict[str, Any], percentiles: Sequence[float], title: str = "
     if result["failures_by_status"]:
         row("Failures by status:", json.dumps(result["failures_by_status"]))
     row("Cancelled requests:", result["cancelled"])
+    if "abandoned_tokens" in result:
+        row("Tokens decoded after their request ended:", int(result["abandoned_tokens"]))
+        row("  share of all tokens decoded (%):", 100 * result["abandoned_token_share"], ".2f")
     if result.get("max_concurrency") is not None:
         row("Maximum request concurrency:", result["max_concurrency"])
     if result.get("request_rate") not in (None, "inf"):

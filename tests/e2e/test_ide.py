@@ -179,6 +179,7 @@ def test_hundreds_of_completions_cancelled_at_random_leave_nothing_running(
             gate = asyncio.Semaphore(48)
             return await asyncio.gather(*(one(http, i, gate) for i in range(300)))
 
+    before = _metric_totals(server)
     outcomes = asyncio.run(run())
     assert outcomes.count("cancelled") > 150, outcomes
     assert set(outcomes) <= {"cancelled", "200", "409"}, set(outcomes)  # 409: superseded
@@ -186,6 +187,27 @@ def test_hundreds_of_completions_cancelled_at_random_leave_nothing_running(
     counts = {k: outcomes.count(k) for k in ("cancelled", "200", "409")}
     print(f"\n300 requests: {counts}; engine idle {waited:.2f}s after the last one")
     assert _infill_ok(server)
+    # The engine decodes some tokens for requests the server has already dropped (their aborts
+    # reach it a step or more later): counted, and a part of what it decoded.
+    after = _metric_totals(server)
+    abandoned = after[ABANDONED] - before[ABANDONED]
+    decoded = after[GENERATED] - before[GENERATED]
+    print(f"abandoned tokens: {abandoned:.0f} of {decoded + abandoned:.0f} decoded")
+    assert 0 < abandoned < decoded
+
+
+ABANDONED = "deepseek_serve_engine_abandoned_tokens_total"
+GENERATED = "vllm:generation_tokens_total"
+
+
+def _metric_totals(server: LiveServer) -> dict[str, float]:
+    """The two counters, summed over their label sets."""
+    totals = dict.fromkeys((ABANDONED, GENERATED), 0.0)
+    for line in httpx.get(f"{server.base_url}/metrics", timeout=10).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 async def _consume(

@@ -318,3 +318,20 @@ def test_round_intervals_need_two_targets_and_two_rounds() -> None:
         [[64, 64], [0, 0]], [[1.0, 1.0], [1.0, 1.0]], [[[0.1]] * 2, [[], []]]
     )
     assert none_in_b == {}
+
+
+def test_waste_figures_come_from_the_targets_engine_counters() -> None:
+    from deepseek_serve.bench.client import ENGINE_COUNTERS, waste_metrics
+
+    abandoned, generated = ENGINE_COUNTERS
+    result = {"cancelled": 30, "num_prompts": 120}
+    before = {abandoned: 10.0, generated: 1000.0}
+    after = {abandoned: 30.0, generated: 1380.0}
+    got = waste_metrics(before, after, result)
+    assert got == {
+        "cancelled_request_share": 0.25,
+        "abandoned_tokens": 20.0,
+        "abandoned_token_share": 20 / 400,
+    }
+    # vLLM's own server has no such counter: only the cancelled share is reported
+    assert waste_metrics({}, {generated: 5.0}, result) == {"cancelled_request_share": 0.25}
