@@ -293,7 +293,7 @@ def test_concurrent_streams_all_complete(server: LiveServer) -> None:
         (b'{"prompt": "x"}', "text/plain", None),  # wrong content type
         (b'{"prompt": "x", "max_tokens": "many"}', "application/json", "max_tokens"),
         (b'{"prompt": "x", "best_of": 2, "n": 1}', "application/json", "best_of"),
-        (b'{"prompt": "x", "functions": []}', "application/json", "functions"),
+        (b'{"prompt": "x", "n": 0}', "application/json", "n"),
     ],
 )
 def test_raw_bad_bodies(

@@ -65,3 +65,21 @@ def test_null_is_not_given_for_optional_fields(caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.WARNING):
         assert validate_lenient(Outer, {"x": None, "flag": None, "inner": None}) == Outer()
     assert not caplog.records  # a null is not an unknown field
+
+
+def test_response_format_keeps_the_whitespace_switch_of_structured_outputs() -> None:
+    from deepseek_serve.routes.openai.structured import (
+        ResponseFormat,
+        StructuredOutputs,
+        structured_output,
+    )
+
+    schema = {"type": "object"}
+    fmt = ResponseFormat.model_validate(
+        {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}
+    )
+    both = StructuredOutputs.model_validate({"json": schema, "disable_any_whitespace": True})
+    got = structured_output(fmt, both)
+    assert got is not None and got.kind == "json" and got.disable_any_whitespace
+    got = structured_output(fmt, None)
+    assert got is not None and not got.disable_any_whitespace

@@ -85,8 +85,10 @@ _KINDS = {
 def structured_output(
     response_format: ResponseFormat | None, structured: StructuredOutputs | None
 ) -> StructuredOutput | None:
+    # vLLM's switch about whitespace applies to response_format's JSON too.
+    compact = structured is not None and structured.disable_any_whitespace
     if response_format is not None and response_format.type == "json_object":
-        return StructuredOutput("json_object", True)
+        return StructuredOutput("json_object", True, compact)
     if response_format is not None and response_format.json_schema is not None:
-        return StructuredOutput("json", response_format.json_schema.json_schema)
+        return StructuredOutput("json", response_format.json_schema.json_schema, compact)
     return structured.constraint() if structured is not None else None
