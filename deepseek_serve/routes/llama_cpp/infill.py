@@ -22,7 +22,7 @@ from deepseek_serve.routes.llama_cpp.protocol import (
 async def infill(request: Request) -> Response:
     opened = await open_request(request, InfillRequest)
     state, req = opened.state, opened.body
-    valid = await opened.validator.validate(req.to_generation())
+    valid = await opened.validate(req.to_generation())
     (prompt,) = valid.prompts
     warmup = req.n_predict == 0
     formatter = InfillFormatter(
