@@ -11,7 +11,14 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from deepseek_serve.app import PostStartCheck, create_app
-from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, demo_dir, is_demo_dir
+from deepseek_serve.demo import (
+    DEMOS,
+    build_demo_model,
+    default_cache_dir,
+    demo_dir,
+    demo_engine_settings,
+    is_demo_dir,
+)
 from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
 from deepseek_serve.http.auth import KeyFileError, KeyRing
 from deepseek_serve.http.lifecycle import DrainingServer
@@ -119,6 +126,8 @@ def serve(settings: Settings) -> int:
             "Its output is noise; it exists to run the whole stack offline.",
             settings.model,
         )
+    if model.is_demo:
+        settings = demo_engine_settings(settings)
     setup = check_tokenizer(settings, model)
     for note in setup.notes:
         problem = note.startswith("tokenizer problem") or "repaired" in note

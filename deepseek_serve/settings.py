@@ -150,7 +150,14 @@ class Settings(BaseSettings):
         ge=0.0,
         le=64,
         description="GPUs Ray reserves per replica, on one node; default: tensor_parallel_size "
-        "(the CPU backend sets 0).",
+        "with a GPU build of vLLM, 0 with its CPU build.",
+    )
+    replica_schedule_timeout: float = Field(
+        300.0,
+        ge=0.0,
+        le=86400.0,
+        description="Seconds replicas may stay unschedulable (no Ray node has the resources "
+        "one asks for; logged at once) before start-up fails; 0: wait forever.",
     )
     route_affinity: bool = Field(
         True,

@@ -3,7 +3,10 @@ without a cluster (the e2e tier runs them on a real one)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,10 +18,15 @@ from deepseek_serve.cli import settings_from_argv
 from deepseek_serve.engine import SamplingOptions
 from deepseek_serve.errors import InvalidRequestError, ReplicaDiedError
 from deepseek_serve.ray_engine import (
+    RayEngine,
+    ReplicaStartError,
     _as_api_error,
+    _StartView,
     deployment_options,
     local_tokenizer_dir,
+    replica_bundle,
     tokenizer_files,
+    vllm_uses_gpus,
 )
 from deepseek_serve.ray_router import AffinityRouter, block_hashes
 from deepseek_serve.settings import Settings
@@ -38,7 +46,7 @@ def test_replica_flags_and_autoscaling_bounds() -> None:
 
 
 def test_each_replica_reserves_its_tp_gpus_together() -> None:
-    opts = deployment_options(Settings(replicas=2, tensor_parallel_size=4))
+    opts = deployment_options(Settings(replicas=2, tensor_parallel_size=4), uses_gpus=True)
     assert opts["num_replicas"] == 2
     assert opts["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 4.0}]
     assert opts["placement_group_strategy"] == "STRICT_PACK"  # one node per replica
@@ -46,7 +54,7 @@ def test_each_replica_reserves_its_tp_gpus_together() -> None:
     assert opts["request_router_config"]["request_router_kwargs"] == {"affinity": True}
     cpu = deployment_options(Settings(replicas=1, replica_gpus=0, replica_cpus=2))
     assert cpu["placement_group_bundles"] == [{"CPU": 2.0}]
-    auto = deployment_options(Settings(min_replicas=2, max_replicas=8, replicas=3))
+    auto = deployment_options(Settings(min_replicas=2, max_replicas=8, replicas=3), True)
     assert "num_replicas" not in auto
     assert auto["autoscaling_config"] == {
         "min_replicas": 2,
@@ -54,6 +62,60 @@ def test_each_replica_reserves_its_tp_gpus_together() -> None:
         "initial_replicas": 3,
         "target_ongoing_requests": 16,
     }
+
+
+def test_a_cpu_build_of_vllm_reserves_no_gpu_by_default() -> None:
+    """Issue 16: on the CPU build, replicas asked Ray for a GPU each and waited forever."""
+    settings = Settings(replicas=2, tensor_parallel_size=2)
+    assert replica_bundle(settings, uses_gpus=False) == {"CPU": 1.0}
+    assert replica_bundle(settings, uses_gpus=True) == {"CPU": 1.0, "GPU": 2.0}
+    explicit = Settings(replicas=1, replica_gpus=1)
+    assert replica_bundle(explicit, uses_gpus=False) == {"CPU": 1.0, "GPU": 1.0}
+    (bundle,) = deployment_options(settings)["placement_group_bundles"]  # this machine's build
+    assert bundle == ({"CPU": 1.0, "GPU": 2.0} if vllm_uses_gpus() else {"CPU": 1.0})
+
+
+def _engine_with_views(views: list[_StartView], timeout: float) -> RayEngine:
+    engine = RayEngine(Settings(replicas=2, replica_schedule_timeout=timeout), "m", "t")
+    script = iter(views)
+    last = views[-1]
+    engine._start_view = lambda: next(script, last)  # type: ignore[method-assign]
+    return engine
+
+
+NO_NODE = "No node of the Ray cluster has the resources one replica asks for (CPU 1, GPU 1)"
+SERVE_SAYS = (
+    "Deployment 'EngineReplica' in application 'x' has 2 replicas that have taken more than 30s "
+    "to be scheduled. Resources required for each replica: {...}, total resources available: ..."
+)
+
+
+def test_unschedulable_replicas_are_reported_at_once_and_fail_after_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 16: --replicas 2 without the GPUs each asks for waited forever, silently."""
+    engine = _engine_with_views([_StartView("DEPLOYING", SERVE_SAYS, NO_NODE)], timeout=2.0)
+    caplog.set_level(logging.INFO, logger="deepseek_serve.ray_engine")
+    start = time.monotonic()
+    with pytest.raises(ReplicaStartError, match="could be scheduled in 2s: No node"):
+        asyncio.run(engine._wait_running())
+    assert 2.0 <= time.monotonic() - start < 10
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and NO_NODE in errors[0] and "--replica-schedule-timeout" in errors[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"Ray Serve: {SERVE_SAYS}"]  # once, not every poll
+
+
+def test_replicas_that_get_scheduled_in_time_start() -> None:
+    views = [
+        _StartView("DEPLOYING", SERVE_SAYS, ""),
+        _StartView("DEPLOYING", "", ""),  # scheduled: the clock stops
+        _StartView("RUNNING", "", ""),
+    ]
+    asyncio.run(_engine_with_views(views, timeout=1.5)._wait_running())
+    failed = [_StartView("DEPLOYING", "", ""), _StartView("DEPLOY_FAILED", "boom in __init__", "")]
+    with pytest.raises(ReplicaStartError, match="boom in __init__"):
+        asyncio.run(_engine_with_views(failed, timeout=0)._wait_running())
 
 
 def test_ray_failures_become_api_errors() -> None:
