@@ -9,22 +9,21 @@ only asks its loop to drain, and its teardown then waits on peers that are gone,
 SIGKILL ends it.
 
 ``EngineGuardian`` is a small process in a session of its own (so a signal to the owner's
-process group or a Ctrl-C does not reach it). While the owner lives, the guardian notes every
-process that appears below the owner after the guardian started (the engine's, by construction;
-by pid and start time, so a reused pid is never mistaken for one). When the owner is gone (or
-closes the guardian's stdin without a ``stop``) it gives those processes a short grace to exit
-on their own, then SIGKILLs the rest. After a clean engine shutdown the owner sends ``stop`` and
-the guardian leaves quietly.
+process group or a Ctrl-C does not reach it), and no child of the owner (Ray kills a dead
+worker's children, and only those: the engine core's own workers were left). While the owner
+lives, the guardian notes every process that appears below the owner after the guardian started
+(the engine's, by construction; by pid and start time, so a reused pid is never mistaken for
+one). When the owner is gone (or closes the guardian's stdin without a ``stop``) it gives those
+processes a short grace to exit on their own, then SIGKILLs the rest. After a clean engine
+shutdown the owner sends ``stop`` and the guardian leaves quietly.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import os
 import subprocess
 import sys
-
-logger = logging.getLogger(__name__)
 
 GRACE_S = 3.0  # how long engine processes may take to exit on their own once the owner is gone
 POLL_S = 0.5  # how often the guardian looks for new engine processes
@@ -43,8 +42,12 @@ except ImportError:
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(sig, signal.SIG_IGN)  # it ends on its own, once its work is done
 grace, poll = float(sys.argv[1]), float(sys.argv[2])
+owner = psutil.Process(int(sys.argv[4]))
+# Fork once more and let the first process exit: the guardian is then no child of the owner,
+# which matters in a Ray worker, whose direct children Ray kills when the worker exits.
+if os.fork() > 0:
+    os._exit(0)
 me = os.getpid()
-owner = psutil.Process(os.getppid())
 def below():
     try:
         return {p.pid: p for p in owner.children(recursive=True) if p.pid != me}
@@ -60,7 +63,7 @@ def look():
         except psutil.Error:
             pass
 stdin = sys.stdin.buffer.raw
-sys.stdout.write("ready\n")
+sys.stdout.write("ready %d\n" % me)
 sys.stdout.flush()
 def owner_alive():
     try:
@@ -81,7 +84,16 @@ while owner_alive():
     data += chunk
     if b"stop" in data:
         sys.exit(0)
-alive = [p for p in seen.values() if p.is_running()]  # is_running checks the start time
+alive = {}
+for p in seen.values():
+    try:
+        if p.is_running():  # is_running checks the start time too
+            alive[p.pid] = p
+            # and what they started since the last look (a worker of the engine core)
+            alive.update((c.pid, c) for c in p.children(recursive=True) if c.pid != me)
+    except psutil.Error:
+        pass
+alive = list(alive.values())
 if alive:
     _, alive = psutil.wait_procs(alive, timeout=grace)
     for p in alive:
@@ -104,19 +116,18 @@ class EngineGuardian:
 
     def __init__(self, grace: float = GRACE_S, poll: float = POLL_S) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _SCRIPT, str(grace), str(poll), TITLE],
+            [sys.executable, "-c", _SCRIPT, str(grace), str(poll), TITLE, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # out of reach of signals to our process group
         )
         assert self._proc.stdout is not None
         # Wait until it has noted what ran below us before the engine, so that is left alone.
-        if self._proc.stdout.readline() != b"ready\n":
+        ready = self._proc.stdout.readline().split()
+        self._proc.wait()  # the first process: it exits once it has forked the guardian
+        if len(ready) != 2 or ready[0] != b"ready":
             raise RuntimeError("the engine guardian process did not start")
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
+        self.pid = int(ready[1])
 
     def stand_down(self) -> None:
         """The engine shut down cleanly: the guardian leaves without killing anything."""
@@ -125,11 +136,5 @@ class EngineGuardian:
             with contextlib.suppress(OSError):
                 stdin.write(b"stop\n")
                 stdin.close()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            logger.warning("engine guardian %d did not leave; killing it", self._proc.pid)
-            self._proc.kill()
-            self._proc.wait()
         if self._proc.stdout is not None:
             self._proc.stdout.close()

@@ -156,6 +156,9 @@ def _quiet_ray_signals() -> None:
     local Ray instance is then never shut down); this process's signals belong to uvicorn. Ray
     reads the switch when it is first imported."""
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    # No implicit ray.init: a Serve call after our ray.shutdown() (a /health poll during the
+    # shutdown) would otherwise start a new local Ray instance as the process exits.
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 
 def tokenizer_files(path: str) -> dict[str, bytes]:
@@ -427,6 +430,8 @@ class RayEngine(Engine):
     async def capacity(self) -> Capacity:
         """Running replicas against the number wanted (cached for ``STATUS_TTL_S``)."""
         now = time.monotonic()
+        if self._closed:  # shut down (Ray may be gone): no more questions to it
+            return Capacity(running=0, desired=self.settings.replicas, states={})
         if self._status is None or now - self._status[0] > STATUS_TTL_S:
             self._status = (now, await asyncio.to_thread(self._read_status))
         return self._status[1]
@@ -475,11 +480,25 @@ class RayEngine(Engine):
             stream.cancel()
         await asyncio.to_thread(self._teardown)
 
+    def _ray_processes_gone(self) -> list[str]:
+        return _dead_ray_processes() if self._owns_ray else []
+
     def _teardown(self) -> None:
         import ray
         from ray import serve
 
         if not ray.is_initialized():
+            return
+        if dead := self._ray_processes_gone():
+            # A signal to our whole process group also ended the Ray instance we started: every
+            # Serve call would wait 60 s for a GCS that is gone, then abort the process. Its
+            # replicas' engines are ended by their guardians (deepseek_serve/guardian.py).
+            logger.warning(
+                "the local Ray instance's processes were stopped with ours (%s): not deleting "
+                "the Serve application",
+                ", ".join(dead),
+            )
+            ray.shutdown()
             return
         try:
             serve.delete(self.name)  # only our application: the cluster may serve others
@@ -499,6 +518,17 @@ class _StartView:
     status: str  # the Serve application's status
     message: str  # Serve's message about the deployment, e.g. replicas not scheduled
     no_node: str  # why no node can hold a replica; empty when one can
+
+
+def _dead_ray_processes() -> list[str]:
+    """The processes of the local Ray instance this process started that have exited."""
+    from ray._private import worker  # Ray has no public API for its own node's processes
+
+    node = getattr(worker, "_global_node", None)
+    try:
+        return sorted({str(kind) for kind, _ in node.dead_processes()}) if node else []
+    except Exception:  # a private API: never let it stop a shutdown
+        return []
 
 
 def _as_api_error(exc: BaseException) -> APIError:

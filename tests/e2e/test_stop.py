@@ -14,8 +14,10 @@ every run; Ray replicas are checked in test_ray.py.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,14 +55,17 @@ def left_behind(server: int, engine: list[psutil.Process], wait: float) -> list[
     return [f"{pid} {p.name()}" for pid, p in alive.items() if p.is_running()]
 
 
-def start(root: Path) -> subprocess.Popen[bytes]:
+def start(root: Path, ray_tmp: str, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     model = build_demo_model("demo", root / "model")
     port = free_port()
-    cmd = server_command(root, model, "stopped", port)
+    cmd = server_command(root, model, "stopped", port, extra)
+    # A Ray instance of its own (--replicas without --ray-address): in a private temp dir, so
+    # it never joins another Ray instance of this machine.
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     with (root / "server.log").open("wb") as log:
         # Its own session and process group, as a shell job, a supervisor or systemd gives it.
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env
         )
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -86,14 +91,33 @@ WAYS: dict[str, Callable[[subprocess.Popen[bytes]], None]] = {
 
 @pytest.mark.parametrize("way", list(WAYS))
 def test_no_engine_process_outlives_the_server(tmp_path: Path, way: str) -> None:
-    proc = start(tmp_path)
+    stop_and_count(tmp_path, way)
+
+
+def test_no_replica_engine_outlives_a_group_sigterm(tmp_path: Path) -> None:
+    """The case of the issue: ``--replicas`` on a Ray instance the server started, SIGTERM to
+    the whole group (Ray's processes included, so the replica actor dies before the server's
+    shutdown reaches it). Heavy (Ray and one engine): run it alone."""
+    stop_and_count(tmp_path, "SIGTERM to the process group", ("--replicas", "1"))
+
+
+def stop_and_count(root: Path, way: str, extra: tuple[str, ...] = ()) -> None:
+    ray_tmp = tempfile.mkdtemp(prefix="dsray-")  # short: Ray's unix sockets live under it
+    try:
+        stop_and_count_in(root, way, extra, ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def stop_and_count_in(root: Path, way: str, extra: tuple[str, ...], ray_tmp: str) -> None:
+    proc = start(root, ray_tmp, extra)
     engine = psutil.Process(proc.pid).children(recursive=True)
     names = {p.name() for p in engine}
     assert "VLLM::EngineCore" in names, names
     try:
         WAYS[way](proc)
         proc.wait(timeout=90)
-        left = left_behind(proc.pid, engine, wait=GRACE_S + 15)
+        left = left_behind(proc.pid, engine, wait=GRACE_S + 30)
         assert not left, f"{way}: engine processes outlived the server: {left}"
         if way != "SIGKILL to the server":
             assert proc.returncode in (0, -signal.SIGTERM, -signal.SIGINT), proc.returncode
