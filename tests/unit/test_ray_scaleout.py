@@ -7,6 +7,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,17 +19,19 @@ from deepseek_serve.cli import settings_from_argv
 from deepseek_serve.engine import SamplingOptions
 from deepseek_serve.errors import InvalidRequestError, ReplicaDiedError
 from deepseek_serve.ray_engine import (
-    RayEngine,
-    ReplicaStartError,
     _as_api_error,
-    _StartView,
     deployment_options,
     local_tokenizer_dir,
-    replica_bundle,
     tokenizer_files,
-    vllm_uses_gpus,
 )
 from deepseek_serve.ray_router import AffinityRouter, block_hashes
+from deepseek_serve.ray_start import (
+    ReplicaStartError,
+    StartView,
+    replica_bundle,
+    vllm_uses_gpus,
+    wait_running,
+)
 from deepseek_serve.settings import Settings
 
 
@@ -75,12 +78,13 @@ def test_a_cpu_build_of_vllm_reserves_no_gpu_by_default() -> None:
     assert bundle == ({"CPU": 1.0, "GPU": 2.0} if vllm_uses_gpus() else {"CPU": 1.0})
 
 
-def _engine_with_views(views: list[_StartView], timeout: float) -> RayEngine:
-    engine = RayEngine(Settings(replicas=2, replica_schedule_timeout=timeout), "m", "t")
+def scripted(views: list[StartView]) -> Callable[[], StartView]:
     script = iter(views)
-    last = views[-1]
-    engine._start_view = lambda: next(script, last)  # type: ignore[method-assign]
-    return engine
+    return lambda: next(script, views[-1])
+
+
+def never() -> bool:
+    return False
 
 
 NO_NODE = "No node of the Ray cluster has the resources one replica asks for (CPU 1, GPU 1)"
@@ -94,11 +98,11 @@ def test_unschedulable_replicas_are_reported_at_once_and_fail_after_the_deadline
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Issue 16: --replicas 2 without the GPUs each asks for waited forever, silently."""
-    engine = _engine_with_views([_StartView("DEPLOYING", SERVE_SAYS, NO_NODE)], timeout=2.0)
-    caplog.set_level(logging.INFO, logger="deepseek_serve.ray_engine")
+    read = scripted([StartView("DEPLOYING", SERVE_SAYS, NO_NODE)])
+    caplog.set_level(logging.INFO, logger="deepseek_serve.ray_start")
     start = time.monotonic()
     with pytest.raises(ReplicaStartError, match="could be scheduled in 2s: No node"):
-        asyncio.run(engine._wait_running())
+        asyncio.run(wait_running(read, 2.0, never))
     assert 2.0 <= time.monotonic() - start < 10
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and NO_NODE in errors[0] and "--replica-schedule-timeout" in errors[0]
@@ -108,14 +112,14 @@ def test_unschedulable_replicas_are_reported_at_once_and_fail_after_the_deadline
 
 def test_replicas_that_get_scheduled_in_time_start() -> None:
     views = [
-        _StartView("DEPLOYING", SERVE_SAYS, ""),
-        _StartView("DEPLOYING", "", ""),  # scheduled: the clock stops
-        _StartView("RUNNING", "", ""),
+        StartView("DEPLOYING", SERVE_SAYS, ""),
+        StartView("DEPLOYING", "", ""),  # scheduled: the clock stops
+        StartView("RUNNING", "", ""),
     ]
-    asyncio.run(_engine_with_views(views, timeout=1.5)._wait_running())
-    failed = [_StartView("DEPLOYING", "", ""), _StartView("DEPLOY_FAILED", "boom in __init__", "")]
+    asyncio.run(wait_running(scripted(views), 1.5, never))
+    failed = [StartView("DEPLOYING", "", ""), StartView("DEPLOY_FAILED", "boom in __init__", "")]
     with pytest.raises(ReplicaStartError, match="boom in __init__"):
-        asyncio.run(_engine_with_views(failed, timeout=0)._wait_running())
+        asyncio.run(wait_running(scripted(failed), 0, never))
 
 
 def test_ray_failures_become_api_errors() -> None:
