@@ -48,7 +48,7 @@ def test_token_rate_limit(make_client: MakeClient) -> None:
     client = make_client(
         settings={"api_keys": "sk-1", "request_rate_limit": None, "token_rate_limit": "30/minute"}
     )[0]
-    # prompt 4 + 20 generated = 24 tokens: within budget, charged afterwards
+    # prompt 4 + max_tokens 20 = 24 tokens reserved, and all used
     r = client.post("/v1/completions", json={**BODY, "max_tokens": 20}, headers=KEY)
     assert r.status_code == 200
     assert client.post("/v1/completions", json=BODY, headers=KEY).status_code == 200  # 30 used
