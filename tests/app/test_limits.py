@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 from deepseek_serve.errors import RateLimitError
 from tests.app.conftest import MakeClient
@@ -93,6 +94,35 @@ def test_bad_content_length(client: TestClient) -> None:
         headers={"Content-Type": "application/json", "Content-Length": "two"},
     )
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u0663", "2\u00a0"])
+def test_a_unicode_digit_content_length_is_a_400(client: TestClient, length: str) -> None:
+    """'²' is a digit to str.isdigit() but not to int(). HTTP clients and uvicorn's parsers
+    would not pass such a header on, so the gate's own check is called with it directly."""
+    sent: list[Message] = []
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", length.encode("latin-1", "replace")),
+        ],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    client.portal.call(client.app, scope, receive, send)  # type: ignore[union-attr]
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 400
 
 
 def test_header_caps(make_client: MakeClient) -> None:
