@@ -23,6 +23,7 @@ from deepseek_serve.settings import Settings
 _KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no blank, control or non-ASCII character
 _BLANKS = re.compile(r"[ \t]+")
 _HTTP_BLANKS = " \t"  # RFC 9110 OWS; str.strip() would also strip \xa0, \x85, \u2028 ...
+_OPTIONS = ("name", "requests", "tokens", "metrics")
 _OFF = ("none", "off")
 _YES = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 
@@ -107,10 +108,12 @@ def _read(path: Path, settings: Settings) -> list[tuple[ApiKey, str]]:
                 fields = fields[:i]
                 break
         _check_key(secret, where)
+        if secret.partition("=")[0] in _OPTIONS:
+            raise KeyFileError(f"{where}: the line starts with an option; the key comes first")
         options: dict[str, str] = {}
         for field in fields:
             name, sep, value = field.partition("=")
-            if not sep or name not in ("name", "requests", "tokens", "metrics"):
+            if not sep or name not in _OPTIONS:
                 raise KeyFileError(
                     f"{where}: expected name=, requests=, tokens= or metrics= after the key "
                     "(a comment starts with ' #')"

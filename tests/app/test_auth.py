@@ -160,6 +160,7 @@ def test_a_hash_inside_a_key_is_part_of_the_key(tmp_path: Path, make_client: Mak
         ("sk-a\x85b", "printable ASCII"),  # NEL: str.splitlines() would cut the key here
         ("sk-a\x0bb", "printable ASCII"),
         ("sk-dup name=a\nsk-dup name=b", "the same key as"),
+        ("name=alice requests=none", "the key comes first"),  # the key left out
     ],
 )
 def test_bad_key_file_lines_stop_start_up_naming_the_line(
