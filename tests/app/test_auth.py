@@ -343,3 +343,13 @@ def test_cors_is_off_by_default(client: TestClient) -> None:
 
 def test_health_stays_public_over_the_wire(live: str) -> None:
     assert httpx.get(live + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("tail", [b"\xa0", b"\x85"])
+def test_trailing_unicode_whitespace_over_the_wire_gets_401(live: str, tail: bytes) -> None:
+    """The bytes a client puts on the wire, through uvicorn's own header parsing."""
+    head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-first" + tail
+    status, data = raw_request(live, head + b"\r\nConnection: close\r\n\r\n")
+    assert status == 401, data[:300]
+    ok = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-first \t"
+    assert raw_request(live, ok + b"\r\nConnection: close\r\n\r\n")[0] == 200
