@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from deepseek_serve.settings import Settings
+
 DEMO_MARKER = "deepseek_serve_demo.json"
 _BUILD_VERSION = 2
 
@@ -152,3 +154,23 @@ def build_demo_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# The demo models' KV cache when none is asked for: about a quarter million tokens of the demo
+# model, plenty for a model that exists to exercise the stack.
+DEMO_KV_CACHE_BYTES = 256 * 1024 * 1024
+
+
+def demo_engine_settings(settings: Settings) -> Settings:
+    """Engine settings for a demo model: unless a KV-cache size or memory share was chosen, a
+    fixed small KV cache (``DEMO_KV_CACHE_BYTES``) instead of vLLM's default share of the whole
+    device (90% of a GPU, or on CPU of the NUMA node's memory, which fails at start-up wherever
+    other processes hold memory), because the model is a few megabytes, whatever the device."""
+    default_share = Settings.model_fields["gpu_memory_utilization"].default
+    if (
+        "kv_cache_memory_bytes" in settings.engine_args
+        or settings.gpu_memory_utilization != default_share
+    ):
+        return settings
+    engine_args = {**settings.engine_args, "kv_cache_memory_bytes": DEMO_KV_CACHE_BYTES}
+    return settings.model_copy(update={"engine_args": engine_args})

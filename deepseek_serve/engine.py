@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from prometheus_client import Counter
 
 from deepseek_serve.errors import EngineDeadError, InternalError, InvalidRequestError
+from deepseek_serve.guardian import EngineGuardian
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -186,6 +187,7 @@ class VLLMEngine(Engine):
     _llm: AsyncLLM | None = None
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _guardian: EngineGuardian | None = None  # kills the engine's processes if we die first
 
     def engine_args(self) -> dict[str, Any]:
         s = self.settings
@@ -224,6 +226,8 @@ class VLLMEngine(Engine):
             stat_loggers = [EngineStatsLogger]
 
         def build() -> AsyncLLM:
+            # Before the engine's processes exist: however this process ends, none outlives it.
+            self._guardian = EngineGuardian()
             llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
             with self._lock:
                 if not self._closed:
@@ -300,12 +304,15 @@ class VLLMEngine(Engine):
         with self._lock:
             self._closed = True
             llm, self._llm = self._llm, None
+        guardian = self._guardian
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
         else:
             # Still starting: the engine processes are our only children. Stopping them makes
             # the builder thread fail at once instead of finishing a start nobody wants.
-            _terminate_children()
+            _terminate_children(spare=guardian.pid if guardian is not None else None)
+        if guardian is not None:
+            await asyncio.to_thread(guardian.stand_down)
 
 
 ABANDONED_TOKENS = "deepseek_serve_engine_abandoned_tokens"
@@ -360,10 +367,10 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _terminate_children(grace: float = 5.0) -> None:
+def _terminate_children(grace: float = 5.0, spare: int | None = None) -> None:
     import psutil
 
-    children = psutil.Process().children(recursive=True)
+    children = [p for p in psutil.Process().children(recursive=True) if p.pid != spare]
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.terminate()

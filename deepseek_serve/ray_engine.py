@@ -47,6 +47,13 @@ from deepseek_serve.errors import (
     ReplicaDiedError,
     ServiceUnavailableError,
 )
+from deepseek_serve.ray_start import (
+    dead_ray_processes,
+    read_start_view,
+    replica_bundle,
+    vllm_uses_gpus,
+    wait_running,
+)
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -156,6 +163,9 @@ def _quiet_ray_signals() -> None:
     local Ray instance is then never shut down); this process's signals belong to uvicorn. Ray
     reads the switch when it is first imported."""
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    # No implicit ray.init: a Serve call after our ray.shutdown() (a /health poll during the
+    # shutdown) would otherwise start a new local Ray instance as the process exits.
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 
 def tokenizer_files(path: str) -> dict[str, bytes]:
@@ -198,14 +208,10 @@ def app_name(settings: Settings) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"deepseek_serve-{settings.model_name}-{settings.port}")
 
 
-def deployment_options(settings: Settings) -> dict[str, Any]:
+def deployment_options(settings: Settings, uses_gpus: bool | None = None) -> dict[str, Any]:
     """``@serve.deployment`` options: replica count or autoscaling, placement and routing."""
-    gpus = settings.replica_gpus
-    if gpus is None:
-        gpus = float(settings.tensor_parallel_size)
-    bundle: dict[str, float] = {"CPU": settings.replica_cpus}
-    if gpus:
-        bundle["GPU"] = gpus
+    bundle = replica_bundle(settings, uses_gpus)
+    gpus = bundle.get("GPU", 0.0)
     options: dict[str, Any] = {
         "name": DEPLOYMENT,
         # The replica actor takes the whole bundle; vLLM's TP workers are its child processes
@@ -251,15 +257,20 @@ class RayEngine(Engine):
     _status: tuple[float, Capacity] | None = None
     _owns_ray: bool = False
     _closed: bool = False
+    _bundle: dict[str, float] = field(default_factory=dict)  # what one replica asks Ray for
 
     @property
     def name(self) -> str:
         return app_name(self.settings)
 
     async def start(self) -> None:
-        # serve.run blocks until every replica has loaded its model (tens of seconds): a thread
-        # keeps /health answering meanwhile.
+        # Connecting to Ray and deploying take seconds: a thread keeps /health answering.
         self._handle = await asyncio.to_thread(self._deploy)
+        await wait_running(
+            lambda: read_start_view(self.name, DEPLOYMENT, self._bundle),
+            self.settings.replica_schedule_timeout,
+            lambda: self._closed,
+        )
         if self._closed:
             raise EngineDeadError("The server shut down while the replicas were starting.")
         self.limits = await self._handle.limits.remote()
@@ -276,7 +287,9 @@ class RayEngine(Engine):
             ray.init(address=self.settings.ray_address, log_to_driver=False)
         serve.start(proxy_location="Disabled")
         deployment: Any = serve.deployment(EngineReplica)
-        replica = deployment.options(**deployment_options(self.settings))
+        uses_gpus = vllm_uses_gpus()
+        self._bundle = replica_bundle(self.settings, uses_gpus)
+        replica = deployment.options(**deployment_options(self.settings, uses_gpus))
         model = Path(self.model_path)
         model_path = str(model.resolve()) if model.is_dir() else self.model_path
         app = replica.bind(
@@ -290,7 +303,8 @@ class RayEngine(Engine):
             else f"{self.settings.min_replicas}-{self.settings.max_replicas} replicas",
             ray.get_runtime_context().gcs_address,
         )
-        return serve.run(app, name=self.name, route_prefix=None)
+        # Not waiting here for the replicas to run: _wait_running does, and says why not.
+        return serve._run(app, name=self.name, route_prefix=None, _blocking=False)
 
     @property
     def handle(self) -> DeploymentHandle[Any]:
@@ -340,6 +354,8 @@ class RayEngine(Engine):
     async def capacity(self) -> Capacity:
         """Running replicas against the number wanted (cached for ``STATUS_TTL_S``)."""
         now = time.monotonic()
+        if self._closed:  # shut down (Ray may be gone): no more questions to it
+            return Capacity(running=0, desired=self.settings.replicas, states={})
         if self._status is None or now - self._status[0] > STATUS_TTL_S:
             self._status = (now, await asyncio.to_thread(self._read_status))
         return self._status[1]
@@ -393,6 +409,17 @@ class RayEngine(Engine):
         from ray import serve
 
         if not ray.is_initialized():
+            return
+        if dead := (dead_ray_processes() if self._owns_ray else []):
+            # A signal to our whole process group also ended the Ray instance we started: every
+            # Serve call would wait 60 s for a GCS that is gone, then abort the process. Its
+            # replicas' engines are ended by their guardians (deepseek_serve/guardian.py).
+            logger.warning(
+                "the local Ray instance's processes were stopped with ours (%s): not deleting "
+                "the Serve application",
+                ", ".join(dead),
+            )
+            ray.shutdown()
             return
         try:
             serve.delete(self.name)  # only our application: the cluster may serve others

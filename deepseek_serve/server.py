@@ -11,8 +11,16 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from deepseek_serve.app import PostStartCheck, create_app
-from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, demo_dir, is_demo_dir
+from deepseek_serve.demo import (
+    DEMOS,
+    build_demo_model,
+    default_cache_dir,
+    demo_dir,
+    demo_engine_settings,
+    is_demo_dir,
+)
 from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
+from deepseek_serve.http.auth import KeyFileError, KeyRing
 from deepseek_serve.http.lifecycle import DrainingServer
 from deepseek_serve.prompts.tokenizer import (
     TokenizerFidelityError,
@@ -100,7 +108,17 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     )
 
 
+def check_keys(settings: Settings) -> None:
+    """Read the API keys before anything slow: a bad key file stops start-up at once, with
+    the line at fault (never the key)."""
+    try:
+        KeyRing.from_settings(settings)
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def serve(settings: Settings) -> int:
+    check_keys(settings)
     model = resolve_model(settings)
     if model.is_demo:
         logger.warning(
@@ -108,6 +126,8 @@ def serve(settings: Settings) -> int:
             "Its output is noise; it exists to run the whole stack offline.",
             settings.model,
         )
+    if model.is_demo:
+        settings = demo_engine_settings(settings)
     setup = check_tokenizer(settings, model)
     for note in setup.notes:
         problem = note.startswith("tokenizer problem") or "repaired" in note

@@ -150,7 +150,14 @@ class Settings(BaseSettings):
         ge=0.0,
         le=64,
         description="GPUs Ray reserves per replica, on one node; default: tensor_parallel_size "
-        "(the CPU backend sets 0).",
+        "with a GPU build of vLLM, 0 with its CPU build.",
+    )
+    replica_schedule_timeout: float = Field(
+        300.0,
+        ge=0.0,
+        le=86400.0,
+        description="Seconds replicas may stay unschedulable (no Ray node has the resources "
+        "one asks for; logged at once) before start-up fails; 0: wait forever.",
     )
     route_affinity: bool = Field(
         True,
@@ -186,15 +193,19 @@ class Settings(BaseSettings):
     )
     api_key_file: Path | None = Field(
         None,
-        description="File of API keys, one per line: 'KEY [name=N] [requests=R] [tokens=T]' "
-        "where R and T are rate limits such as 1000/hour (they override the defaults below).",
+        description="File of API keys, one per line: 'KEY [name=N] [requests=R] [tokens=T] "
+        "[metrics=yes]' where R and T are rate limits such as 1000/hour (they override the "
+        "defaults below) and metrics=yes lets the key read /metrics; '#' starts a comment at "
+        "the start of a line or of a field after the key.",
     )
     public_paths: CommaList = Field(
         default_factory=lambda: ["/health"],
         description="Exact paths served without an API key.",
     )
     public_metrics: bool = Field(
-        False, description="Serve /metrics without an API key (e.g. for a Prometheus scrape)."
+        False,
+        description="Serve /metrics without an API key (e.g. for a Prometheus scrape); "
+        "otherwise only key-file keys with metrics=yes read it.",
     )
     request_rate_limit: str | None = Field(
         "100/hour",
@@ -203,8 +214,9 @@ class Settings(BaseSettings):
     )
     token_rate_limit: str | None = Field(
         None,
-        description="Prompt plus generated tokens per key per window, e.g. '200000/minute'; "
-        "none: unlimited.",
+        description="Prompt plus generated tokens per key per window, e.g. '200000/minute' "
+        "(each request reserves its prompt plus max_tokens per choice on admission and gives "
+        "back what it did not use); none: unlimited.",
     )
     cors_origins: CommaList = Field(
         default_factory=list, description="Origins allowed by CORS; none: CORS is off."

@@ -1,5 +1,7 @@
 """What a request must get past before a route sees it, in this order: header caps, shutdown,
-API key, per-key rate limits, body size, and the bound on generation requests in flight.
+API key (and, for ``/metrics``, the key's metrics permission), per-key rate limits, body size, and
+the bound on generation requests in flight. Token limits are reserved once the route has
+validated its request (``state.Opened.validate``) and settled here when the request ends.
 
 One pure ASGI middleware, so streaming responses pass through untouched. Paths are matched
 exactly on the decoded path the router itself routes on: ``/health/``, ``//health``,
@@ -18,6 +20,7 @@ from deepseek_serve.errors import (
     InvalidRequestError,
     OverloadedError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     RateLimitError,
     ShuttingDownError,
 )
@@ -68,8 +71,15 @@ class Gate:
                 return await self._reject(error, "unauthorized", scope, receive, send)
             info = current_request()
             if info is not None:
-                info.key_name = key.name
-            if path != "/metrics":  # a scrape every few seconds is not API use
+                info.key = key
+            if path == "/metrics":  # every tenant's traffic: for keys allowed to read it
+                if not key.metrics:
+                    error = PermissionDeniedError(
+                        "This key may not read /metrics (key file option metrics=yes).",
+                        code="permission_denied",
+                    )
+                    return await self._reject(error, "forbidden", scope, receive, send)
+            else:  # a scrape every few seconds is not API use: no rate limit on it
                 try:
                     await state.quotas.admit(key)
                 except RateLimitError as exc:
@@ -78,7 +88,7 @@ class Gate:
         limit = settings.max_body_bytes
         length = header(scope, b"content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # not '²', '٣'
                 error = InvalidRequestError("Content-Length is not a number.")
                 return await self._reject(error, "bad_request", scope, receive, send)
             if int(length) > limit:
@@ -117,8 +127,10 @@ class Gate:
             state.in_flight -= 1
             state.metrics.in_flight.dec()
             info = current_request()
-            if key is not None and info is not None:
-                await state.quotas.charge_tokens(key, info.prompt_tokens + info.generated_tokens)
+            if key is not None and info is not None:  # give back what it reserved and not used
+                state.quotas.settle(
+                    key, info.reservation, info.prompt_tokens + info.generated_tokens
+                )
 
     async def _reject(
         self, error: APIError, reason: str, scope: Scope, receive: Receive, send: Send

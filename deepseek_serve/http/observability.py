@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     REGISTRY,
@@ -25,6 +26,10 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from deepseek_serve.http.auth import ApiKey
+    from deepseek_serve.http.quotas import Reservation
 
 logger = logging.getLogger("deepseek_serve.access")
 
@@ -41,7 +46,8 @@ class RequestInfo:
 
     request_id: str
     route: str
-    key_name: str | None = None
+    key: ApiKey | None = None  # the API key it came with (set by the gate)
+    reservation: Reservation | None = None  # tokens set aside for it under the key's limit
     prompt_tokens: int = 0
     generated_tokens: int = 0
     abort_reason: str | None = None  # why its engine work was ended early, when known
@@ -168,7 +174,7 @@ class RequestContext:
                     "request_id": request_id,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
-                    "key": info.key_name,
+                    "key": info.key.name if info.key is not None else None,
                     "prompt_tokens": info.prompt_tokens,
                     "generated_tokens": info.generated_tokens,
                 },

@@ -17,14 +17,14 @@ from deepseek_serve.errors import (
 )
 from deepseek_serve.http.auth import KeyRing
 from deepseek_serve.http.body import Body, parse_body
-from deepseek_serve.http.observability import Metrics
+from deepseek_serve.http.observability import Metrics, current_request
 from deepseek_serve.http.quotas import Quotas
 from deepseek_serve.http.sessions import SessionRegistry, session_key
 from deepseek_serve.http.streaming import OPENAI, Dialect
 from deepseek_serve.http.tracking import TrackedEngine
 from deepseek_serve.prompts.packing import PieceCache
 from deepseek_serve.prompts.tokenizer import PromptTokenizer
-from deepseek_serve.prompts.validation import Validator
+from deepseek_serve.prompts.validation import GenerationRequest, Validator, ValidRequest
 from deepseek_serve.settings import Settings
 
 
@@ -110,6 +110,20 @@ class Opened(Generic[B]):
     body: B
     validator: Validator
     session: str | None  # the editor session key, scoped by credentials
+
+    async def validate(self, req: GenerationRequest) -> ValidRequest:
+        """Validate ``req`` and reserve, under the API key's token limit, all it may use:
+        each prompt's tokens plus max_tokens for each choice (the gate gives back what is left
+        unused when the request ends)."""
+        valid = await self.validator.validate(req)
+        info = current_request()
+        if info is not None and info.key is not None:
+            options = valid.options
+            tokens = sum(len(p.token_ids) + options.n * options.max_tokens for p in valid.prompts)
+            info.reservation = self.state.quotas.reserve(
+                info.key, tokens, param=req.name("max_tokens")
+            )
+        return valid
 
 
 async def open_request(

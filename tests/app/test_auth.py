@@ -83,6 +83,31 @@ def test_every_route_but_the_allowlist_needs_a_key(secured: TestClient) -> None:
                 assert r.status_code == 401, (method, route.path, r.status_code)
 
 
+def test_only_keys_with_the_metrics_permission_read_metrics(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    """Issue 16: any client key could read /metrics (every tenant's traffic), even with its
+    rate limit spent."""
+    path = tmp_path / "keys"
+    path.write_text(
+        "sk-tenant name=tenant requests=1/minute\n"
+        "sk-scraper name=scraper metrics=yes\n"
+        "sk-no name=no metrics=no\n"
+    )
+    client = make_client(settings={"api_key_file": path, "api_keys": "sk-env"})[0]
+    for key in ("sk-tenant", "sk-no", "sk-env"):
+        r = client.get("/metrics", headers=auth(key))
+        assert r.status_code == 403, key
+        assert r.json()["error"]["code"] == "permission_denied"
+        assert "deepseek_serve_requests" not in r.text
+    assert client.get("/v1/models", headers=auth("sk-tenant")).status_code == 200
+    assert client.get("/v1/models", headers=auth("sk-tenant")).status_code == 429
+    assert client.get("/metrics", headers=auth("sk-tenant")).status_code == 403
+    r = client.get("/metrics", headers=auth("sk-scraper"))
+    assert r.status_code == 200 and "deepseek_serve_requests" in r.text
+    assert client.get("/v1/models", headers=auth("sk-scraper")).status_code == 200
+
+
 def test_metrics_can_be_made_public(make_client: MakeClient) -> None:
     client = make_client(settings={"api_keys": KEYS, "public_metrics": True})[0]
     assert client.get("/metrics").status_code == 200
@@ -101,14 +126,79 @@ def test_key_file_with_names_and_limits(tmp_path: Path, make_client: MakeClient)
     assert client.get("/v1/models", headers=auth("sk-carol")).status_code == 401
 
 
-def test_bad_key_file_lines_are_refused(tmp_path: Path) -> None:
+def test_a_hash_inside_a_key_is_part_of_the_key(tmp_path: Path, make_client: MakeClient) -> None:
+    """Issue 16: ``sk-ha#sh-9d0c name=hash requests=none`` made ``sk-ha`` a valid key and
+    dropped the line's options. Comments are whole lines, or fields after the key."""
     path = tmp_path / "keys"
-    path.write_text("sk-a requests=lots\n")
-    with pytest.raises(KeyFileError, match="keys:1"):
+    path.write_text(
+        "# team keys\n"
+        "  # indented comment\n"
+        "sk-ha#sh-9d0c name=hash requests=none\n"
+        "sk-limited name=limited requests=1/minute # a comment after the fields\n"
+        "sk-bare\t#comment straight after the key\n"
+    )
+    client = make_client(settings={"api_key_file": path, "request_rate_limit": "2/minute"})[0]
+    assert client.get("/v1/models", headers=auth("sk-ha")).status_code == 401
+    for _ in range(4):  # requests=none was kept: no limit
+        assert client.get("/v1/models", headers=auth("sk-ha#sh-9d0c")).status_code == 200
+    assert client.get("/v1/models", headers=auth("sk-limited")).status_code == 200
+    assert client.get("/v1/models", headers=auth("sk-limited")).status_code == 429
+    assert client.get("/v1/models", headers=auth("sk-bare")).status_code == 200
+    ring = KeyRing.from_settings(settings_for(api_key_file=path))
+    assert [k.name for k in ring.keys][:2] == ["hash", "limited"]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("sk-a requests=lots", "requests= is not a rate"),
+        ("sk-a owner=me", "expected name="),
+        ("sk-a name=x name=y", "twice"),
+        ("sk-a metrics=maybe", "metrics= is yes or no"),
+        ("sk-a\xa0 name=x", "printable ASCII"),  # a no-break space, which split() would eat
+        ("sk-\u00e9t\u00e9", "printable ASCII"),
+        ("sk-a\x85b", "printable ASCII"),  # NEL: str.splitlines() would cut the key here
+        ("sk-a\x0bb", "printable ASCII"),
+        ("sk-dup name=a\nsk-dup name=b", "the same key as"),
+        ("name=alice requests=none", "the key comes first"),  # the key left out
+    ],
+)
+def test_bad_key_file_lines_stop_start_up_naming_the_line(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text("# header\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(KeyFileError, match=problem) as caught:
         KeyRing.from_settings(settings_for(api_key_file=path))
-    path.write_text("sk-a owner=me\n")
-    with pytest.raises(KeyFileError):
-        KeyRing.from_settings(settings_for(api_key_file=path))
+    message = str(caught.value)
+    assert f"{path}:2" in message or f"{path}:3" in message
+    assert "sk-" not in message.replace(str(path), "")  # the key itself is never shown
+
+
+def test_a_bad_key_file_is_a_clean_start_up_error(tmp_path: Path) -> None:
+    """``deepseek-serve`` says why it cannot start (exit 2), before loading any model."""
+    from deepseek_serve.server import StartupError, check_keys
+
+    path = tmp_path / "keys"
+    path.write_text("sk-a\u00a0\n")
+    with pytest.raises(StartupError, match="keys:1"):
+        check_keys(settings_for(api_key_file=path))
+    with pytest.raises(StartupError, match="api_keys entry 2"):
+        check_keys(settings_for(api_keys="sk-ok,sk-\u00e9"))
+    with pytest.raises(StartupError, match="cannot read"):
+        check_keys(settings_for(api_key_file=tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("tail", ["\xa0", "\x85", "\x0b", "\x0c", "\x1f"])
+def test_keys_with_trailing_unicode_whitespace_are_refused(secured: TestClient, tail: str) -> None:
+    """Issue 16: ``Bearer <key>\\xa0`` and ``\\x85`` were accepted (str.strip strips them).
+    Only HTTP's own blanks, space and tab, may surround the key."""
+    for value in (f"Bearer sk-first{tail}", f"Bearer {tail}sk-first", f"Bearer{tail}sk-first"):
+        header = {"Authorization": value.encode("latin-1")}  # the bytes on the wire
+        r = secured.post("/v1/completions", json=BODY, headers=header)  # type: ignore[dict-item]
+        assert r.status_code == 401, repr(value)
+    for end in (tail, "\u2028", "\u3000"):
+        assert bearer_token(f"Bearer sk-first{end}") == f"sk-first{end}"
 
 
 def test_key_check_compares_with_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,6 +223,8 @@ def test_key_check_compares_with_every_key(monkeypatch: pytest.MonkeyPatch) -> N
 def test_bearer_parsing() -> None:
     assert bearer_token("Bearer abc") == "abc"
     assert bearer_token("bearer   abc ") == "abc"
+    assert bearer_token("\tBearer\tabc\t") == "abc"
+    assert bearer_token("Bearer \xa0abc") == "\xa0abc"
     assert bearer_token("Bearer") is None
     assert bearer_token("Basic abc") is None
     assert bearer_token(None) is None
@@ -251,3 +343,13 @@ def test_cors_is_off_by_default(client: TestClient) -> None:
 
 def test_health_stays_public_over_the_wire(live: str) -> None:
     assert httpx.get(live + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("tail", [b"\xa0", b"\x85"])
+def test_trailing_unicode_whitespace_over_the_wire_gets_401(live: str, tail: bytes) -> None:
+    """The bytes a client puts on the wire, through uvicorn's own header parsing."""
+    head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-first" + tail
+    status, data = raw_request(live, head + b"\r\nConnection: close\r\n\r\n")
+    assert status == 401, data[:300]
+    ok = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-first \t"
+    assert raw_request(live, ok + b"\r\nConnection: close\r\n\r\n")[0] == 200

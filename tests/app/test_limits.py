@@ -5,10 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
+from starlette.types import Message
 
+from deepseek_serve.errors import RateLimitError
 from tests.app.conftest import MakeClient
 
 BODY = {"prompt": "def f(", "max_tokens": 2}
@@ -46,7 +49,7 @@ def test_token_rate_limit(make_client: MakeClient) -> None:
     client = make_client(
         settings={"api_keys": "sk-1", "request_rate_limit": None, "token_rate_limit": "30/minute"}
     )[0]
-    # prompt 4 + 20 generated = 24 tokens: within budget, charged afterwards
+    # prompt 4 + max_tokens 20 = 24 tokens reserved, and all used
     r = client.post("/v1/completions", json={**BODY, "max_tokens": 20}, headers=KEY)
     assert r.status_code == 200
     assert client.post("/v1/completions", json=BODY, headers=KEY).status_code == 200  # 30 used
@@ -91,6 +94,35 @@ def test_bad_content_length(client: TestClient) -> None:
         headers={"Content-Type": "application/json", "Content-Length": "two"},
     )
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u0663", "2\u00a0"])
+def test_a_unicode_digit_content_length_is_a_400(client: TestClient, length: str) -> None:
+    """'²' is a digit to str.isdigit() but not to int(). HTTP clients and uvicorn's parsers
+    would not pass such a header on, so the gate's own check is called with it directly."""
+    sent: list[Message] = []
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", length.encode("latin-1", "replace")),
+        ],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    client.portal.call(client.app, scope, receive, send)  # type: ignore[union-attr]
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 400
 
 
 def test_header_caps(make_client: MakeClient) -> None:
@@ -171,12 +203,84 @@ def test_overload_gives_503_with_retry_after(make_client: MakeClient) -> None:
     assert client.post("/v1/completions", json=BODY).status_code == 200
 
 
-def test_metrics_scrapes_do_not_use_the_request_budget(make_client: MakeClient) -> None:
-    client = make_client(settings={"api_keys": "sk-1", "request_rate_limit": "2/minute"})[0]
+def test_metrics_scrapes_do_not_use_the_request_budget(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("sk-1 name=scraper metrics=yes\n")
+    settings = {"api_key_file": keys, "request_rate_limit": "2/minute"}
+    client = make_client(settings=settings)[0]
     for _ in range(5):
         assert client.get("/metrics", headers=KEY).status_code == 200
     assert client.get("/v1/models", headers=KEY).status_code == 200
     assert client.get("/metrics").status_code == 401  # still needs the key
+
+
+def _post_together(client: TestClient, bodies: list[dict[str, object]]) -> list[object]:
+    results: list[object] = [None] * len(bodies)
+    start = threading.Barrier(len(bodies))
+
+    def post(i: int) -> None:
+        start.wait()
+        results[i] = client.post("/v1/completions", json=bodies[i], headers=KEY)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_concurrent_requests_cannot_overrun_the_token_limit(make_client: MakeClient) -> None:
+    """Issue 16: six requests of max_tokens 30 sent together under tokens=60/minute were all
+    admitted and used 198 tokens. Each now reserves its prompt plus max_tokens on admission."""
+    settings = {"api_keys": "sk-1", "request_rate_limit": None, "token_rate_limit": "60/minute"}
+    client = make_client(settings=settings, token_delay=0.02)[0]
+    results = _post_together(client, [{**BODY, "max_tokens": 30}] * 6)
+    ok = [r for r in results if r.status_code == 200]  # type: ignore[attr-defined]
+    refused = [r for r in results if r.status_code == 429]  # type: ignore[attr-defined]
+    assert len(ok) + len(refused) == 6 and ok and refused
+    used = sum(r.json()["usage"]["total_tokens"] for r in ok)  # type: ignore[attr-defined]
+    assert used <= 60
+    for r in refused:
+        assert error_of(r)["code"] == "token_rate_limit_exceeded"
+        assert "max_tokens" in str(error_of(r)["message"])
+        assert int(r.headers["retry-after"]) >= 1  # type: ignore[attr-defined]
+
+
+def test_unused_reservations_are_given_back(make_client: MakeClient) -> None:
+    settings = {"api_keys": "sk-1", "request_rate_limit": None, "token_rate_limit": "60/minute"}
+    client, engine = make_client(settings=settings)
+    stop = engine.word_ids[0]
+    engine.script = [stop]
+    # prompt 4 + max_tokens 50 = 54 reserved; it stops at once, using 5: 49 come back
+    body = {**BODY, "max_tokens": 50, "stop_token_ids": [stop]}
+    for _ in range(2):  # 5 + 54 <= 60: only possible if the first one's unused 49 came back
+        r = client.post("/v1/completions", json=body, headers=KEY)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 1
+    # a request that ran to max_tokens keeps its whole reservation
+    engine.script = None
+    r = client.post("/v1/completions", json={**BODY, "max_tokens": 45}, headers=KEY)
+    assert r.status_code == 200, r.text  # 10 + 49 = 59
+    assert r.json()["usage"]["total_tokens"] == 49
+    r = client.post("/v1/completions", json={**BODY, "max_tokens": 1}, headers=KEY)
+    assert r.status_code == 429  # 59 + 5 > 60
+
+
+def test_a_request_larger_than_the_token_limit_is_a_400_naming_max_tokens(
+    make_client: MakeClient,
+) -> None:
+    settings = {"api_keys": "sk-1", "request_rate_limit": None, "token_rate_limit": "60/minute"}
+    client = make_client(settings=settings)[0]
+    r = client.post("/v1/completions", json={**BODY, "max_tokens": 57}, headers=KEY)
+    assert r.status_code == 400
+    assert error_of(r)["param"] == "max_tokens"
+    r = client.post("/infill", json={"input_prefix": "x", "n_predict": 200}, headers=KEY)
+    assert r.status_code == 400
+    assert error_of(r)["param"] == "n_predict"  # the dialect's own name
+    assert client.post("/v1/completions", json=BODY, headers=KEY).status_code == 200
 
 
 def test_caps_cover_the_guide_api_and_infill(make_client: MakeClient) -> None:
@@ -217,3 +321,26 @@ def test_the_gate_answers_in_the_routes_dialect(make_client: MakeClient) -> None
     assert r.status_code == 413 and r.json()["error"]["code"] == 413
     r = client.post("/v1/completions", json=BODY)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_reservation_gives_back_only_to_its_own_window() -> None:
+    from deepseek_serve.http.auth import ApiKey
+    from deepseek_serve.http.quotas import Quotas
+
+    now = [1000.0]
+    quotas = Quotas()
+    quotas._clock = lambda: now[0]
+    key = ApiKey("k", b"", None, "100/minute")
+    first = quotas.reserve(key, 90, param="max_tokens")
+    with pytest.raises(RateLimitError):
+        quotas.reserve(key, 20, param="max_tokens")
+    now[0] += 61  # a new window; the old reservation's refund must not inflate it
+    second = quotas.reserve(key, 100, param="max_tokens")
+    quotas.settle(key, first, used=10)
+    with pytest.raises(RateLimitError):
+        quotas.reserve(key, 1, param="max_tokens")
+    quotas.settle(key, second, used=30)  # its own window: 70 come back
+    assert quotas.reserve(key, 70, param="max_tokens") is not None
+    quotas.settle(key, None, used=5)  # unreserved use is charged as it happened
+    with pytest.raises(RateLimitError):
+        quotas.reserve(key, 1, param="max_tokens")

@@ -30,7 +30,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("e2e-secured")
     keys = root / "keys.txt"
     keys.write_text(
-        f"{LOAD_KEY} name=load requests=none\n{LIMITED_KEY} name=limited requests=3/minute\n"
+        f"{LOAD_KEY} name=load requests=none metrics=yes\n"
+        f"{LIMITED_KEY} name=limited requests=3/minute\n"
     )
     model = build_demo_model("demo", root / "model")
     extra = ("--api-key-file", str(keys), "--shutdown-timeout", "20")
@@ -65,6 +66,8 @@ def test_rate_limit_through_the_official_client(secured: LiveServer) -> None:
 
 def test_metrics_has_ours_and_vllms(secured: LiveServer) -> None:
     assert httpx.get(f"{secured.base_url}/metrics").status_code == 401
+    # a client key without metrics=yes may not see every tenant's traffic
+    assert httpx.get(f"{secured.base_url}/metrics", headers=auth(LIMITED_KEY)).status_code == 403
     text = httpx.get(f"{secured.base_url}/metrics", headers=auth()).text
     assert 'deepseek_serve_requests_total{route="/v1/completions",status="200"}' in text
     assert "deepseek_serve_time_to_first_token_seconds_bucket" in text

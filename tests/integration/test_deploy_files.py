@@ -158,7 +158,8 @@ def literal_env(container: dict[str, Any]) -> dict[str, str]:
 
 
 def check_metrics_key_line(line: str, key: str) -> None:
-    """``line`` gives the server ``key`` with no request limit (an API key file line)."""
+    """``line`` gives the server ``key`` with no request limit and the permission to read
+    /metrics (an API key file line)."""
     secret, *options = line.split()
     assert secret == key
     fields = dict(option.split("=", 1) for option in options)
@@ -169,6 +170,7 @@ def check_metrics_key_line(line: str, key: str) -> None:
         path.write_text(line + "\n")
         (parsed,) = read_key_file(path, Settings())
     assert parsed.request_limit is None
+    assert parsed.metrics, "Prometheus would get 403 on /metrics"
 
 
 # --- every file parses ---------------------------------------------------------------------------

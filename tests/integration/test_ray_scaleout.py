@@ -3,7 +3,11 @@ without a cluster (the e2e tier runs them on a real one)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +25,13 @@ from deepseek_serve.ray_engine import (
     tokenizer_files,
 )
 from deepseek_serve.ray_router import AffinityRouter, block_hashes
+from deepseek_serve.ray_start import (
+    ReplicaStartError,
+    StartView,
+    replica_bundle,
+    vllm_uses_gpus,
+    wait_running,
+)
 from deepseek_serve.settings import Settings
 
 
@@ -38,7 +49,7 @@ def test_replica_flags_and_autoscaling_bounds() -> None:
 
 
 def test_each_replica_reserves_its_tp_gpus_together() -> None:
-    opts = deployment_options(Settings(replicas=2, tensor_parallel_size=4))
+    opts = deployment_options(Settings(replicas=2, tensor_parallel_size=4), uses_gpus=True)
     assert opts["num_replicas"] == 2
     assert opts["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 4.0}]
     assert opts["placement_group_strategy"] == "STRICT_PACK"  # one node per replica
@@ -46,7 +57,7 @@ def test_each_replica_reserves_its_tp_gpus_together() -> None:
     assert opts["request_router_config"]["request_router_kwargs"] == {"affinity": True}
     cpu = deployment_options(Settings(replicas=1, replica_gpus=0, replica_cpus=2))
     assert cpu["placement_group_bundles"] == [{"CPU": 2.0}]
-    auto = deployment_options(Settings(min_replicas=2, max_replicas=8, replicas=3))
+    auto = deployment_options(Settings(min_replicas=2, max_replicas=8, replicas=3), True)
     assert "num_replicas" not in auto
     assert auto["autoscaling_config"] == {
         "min_replicas": 2,
@@ -54,6 +65,61 @@ def test_each_replica_reserves_its_tp_gpus_together() -> None:
         "initial_replicas": 3,
         "target_ongoing_requests": 16,
     }
+
+
+def test_a_cpu_build_of_vllm_reserves_no_gpu_by_default() -> None:
+    """Issue 16: on the CPU build, replicas asked Ray for a GPU each and waited forever."""
+    settings = Settings(replicas=2, tensor_parallel_size=2)
+    assert replica_bundle(settings, uses_gpus=False) == {"CPU": 1.0}
+    assert replica_bundle(settings, uses_gpus=True) == {"CPU": 1.0, "GPU": 2.0}
+    explicit = Settings(replicas=1, replica_gpus=1)
+    assert replica_bundle(explicit, uses_gpus=False) == {"CPU": 1.0, "GPU": 1.0}
+    (bundle,) = deployment_options(settings)["placement_group_bundles"]  # this machine's build
+    assert bundle == ({"CPU": 1.0, "GPU": 2.0} if vllm_uses_gpus() else {"CPU": 1.0})
+
+
+def scripted(views: list[StartView]) -> Callable[[], StartView]:
+    script = iter(views)
+    return lambda: next(script, views[-1])
+
+
+def never() -> bool:
+    return False
+
+
+NO_NODE = "No node of the Ray cluster has the resources one replica asks for (CPU 1, GPU 1)"
+SERVE_SAYS = (
+    "Deployment 'EngineReplica' in application 'x' has 2 replicas that have taken more than 30s "
+    "to be scheduled. Resources required for each replica: {...}, total resources available: ..."
+)
+
+
+def test_unschedulable_replicas_are_reported_at_once_and_fail_after_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 16: --replicas 2 without the GPUs each asks for waited forever, silently."""
+    read = scripted([StartView("DEPLOYING", SERVE_SAYS, NO_NODE)])
+    caplog.set_level(logging.INFO, logger="deepseek_serve.ray_start")
+    start = time.monotonic()
+    with pytest.raises(ReplicaStartError, match="could be scheduled in 2s: No node"):
+        asyncio.run(wait_running(read, 2.0, never))
+    assert 2.0 <= time.monotonic() - start < 10
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and NO_NODE in errors[0] and "--replica-schedule-timeout" in errors[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"Ray Serve: {SERVE_SAYS}"]  # once, not every poll
+
+
+def test_replicas_that_get_scheduled_in_time_start() -> None:
+    views = [
+        StartView("DEPLOYING", SERVE_SAYS, ""),
+        StartView("DEPLOYING", "", ""),  # scheduled: the clock stops
+        StartView("RUNNING", "", ""),
+    ]
+    asyncio.run(wait_running(scripted(views), 1.5, never))
+    failed = [StartView("DEPLOYING", "", ""), StartView("DEPLOY_FAILED", "boom in __init__", "")]
+    with pytest.raises(ReplicaStartError, match="boom in __init__"):
+        asyncio.run(wait_running(scripted(failed), 0, never))
 
 
 def test_ray_failures_become_api_errors() -> None:

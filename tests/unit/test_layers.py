@@ -60,3 +60,15 @@ def test_only_the_cli_enters_the_benchmarks() -> None:
         and any(i.startswith("bench") for i in _imports(path))
     ]
     assert users == ["cli"]
+
+
+def test_routes_validate_through_the_opened_request() -> None:
+    """``Opened.validate`` reserves the request under its key's token limit; a route that calls
+    the validator itself would let the request bypass the limit."""
+    bypass = [
+        f"{path.relative_to(PACKAGE)}:{n}"
+        for path in sorted((PACKAGE / "routes").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "validator.validate(" in line
+    ]
+    assert not bypass, bypass

@@ -186,3 +186,22 @@ def test_list_settings_from_env_flags_and_yaml(
     assert s.request_rate_limit is None
     with pytest.raises(ValidationError, match="rate limit"):
         load_settings({"token_rate_limit": "lots"})
+
+
+def test_the_demo_model_gets_a_small_kv_cache_unless_one_is_chosen() -> None:
+    """Issue 16: ``deepseek-serve --model demo`` without configs/cpu.yaml let vLLM take 90% of
+    the node's memory for a 4.5M-parameter model, and failed wherever other processes held
+    memory. The demo's default KV cache is sized for the demo, on any device."""
+    from deepseek_serve.demo import DEMO_KV_CACHE_BYTES, demo_engine_settings
+
+    plain = demo_engine_settings(settings_from_argv(["--model", "demo"]))
+    args = VLLMEngine(plain, "m", "t").engine_args()
+    assert args["kv_cache_memory_bytes"] == DEMO_KV_CACHE_BYTES
+    # what the user chose stays
+    chosen = settings_from_argv(["--model", "demo", "--gpu-memory-utilization", "0.5"])
+    assert "kv_cache_memory_bytes" not in demo_engine_settings(chosen).engine_args
+    sized = settings_from_argv(["--model", "demo", "--engine-arg", "kv_cache_memory_bytes=1e9"])
+    assert demo_engine_settings(sized).engine_args["kv_cache_memory_bytes"] == 1e9
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    cpu = settings_from_argv(["--config", str(configs / "cpu.yaml"), "--model", "demo"])
+    assert demo_engine_settings(cpu).engine_args == cpu.engine_args

@@ -43,7 +43,7 @@ async def _answer(
     names, no ``logprobs`` in the choices)."""
     opened = await open_request(request, body_type)
     state, body = opened.state, opened.body
-    valid = await opened.validator.validate(body.to_generation())
+    valid = await opened.validate(body.to_generation())
     (prompt,) = valid.prompts
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
     formatter = formatter_type(

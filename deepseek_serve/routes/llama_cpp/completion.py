@@ -53,7 +53,7 @@ async def answer(request: Request, opened: Opened[L], valid: ValidRequest, kind:
 async def completion(request: Request) -> Response:
     # llama.cpp serves one model and ignores the name clients send (Continue sends its own).
     opened = await open_request(request, CompletionRequest, check_model=False)
-    valid = await opened.validator.validate(opened.body.to_generation())
+    valid = await opened.validate(opened.body.to_generation())
     return await answer(request, opened, valid, "cmpl")
 
 

@@ -14,7 +14,7 @@ from deepseek_serve.routes.llama_cpp.protocol import InfillRequest
 async def infill(request: Request) -> Response:
     # llama.cpp ignores the model name (llama.vim always sends "model": "").
     opened = await open_request(request, InfillRequest, check_model=False)
-    valid = await opened.validator.validate(opened.body.to_generation())
+    valid = await opened.validate(opened.body.to_generation())
     return await answer(request, opened, valid, "infill")
 
 

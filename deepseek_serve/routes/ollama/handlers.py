@@ -62,7 +62,7 @@ async def generate(request: Request) -> Response:
     generation = req.to_generation(opened.validator.variant)
     if req.loads_only:
         return JSONResponse(OllamaFormatter(name, 0).final("", reason=req.load_reason))
-    valid = await opened.validator.validate(generation)
+    valid = await opened.validate(generation)
     return await _run(request, state, valid, name, req.streaming, req.warmup, chat=False)
 
 
@@ -75,7 +75,7 @@ async def chat(request: Request) -> Response:
     generation = req.to_generation()
     if not req.messages:
         return JSONResponse(OllamaFormatter(name, 0, chat=True).final("", reason="load"))
-    valid = await opened.validator.validate(generation)
+    valid = await opened.validate(generation)
     return await _run(request, state, valid, name, req.streaming, req.warmup, chat=True)
 
 

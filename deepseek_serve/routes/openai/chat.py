@@ -23,7 +23,7 @@ from deepseek_serve.routes.openai.protocol import ChatCompletionRequest
 async def create_chat_completion(request: Request) -> Response:
     opened = await open_request(request, ChatCompletionRequest, sessions=False)
     state, req = opened.state, opened.body
-    valid = await opened.validator.validate(req.to_generation())
+    valid = await opened.validate(req.to_generation())
     (prompt,) = valid.prompts
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     formatter = ChatFormatter(

@@ -26,9 +26,7 @@ from deepseek_serve.routes.openai.protocol import CompletionRequest
 async def create_completion(request: Request, *, deepseek_usage: bool = False) -> Response:
     opened = await open_request(request, CompletionRequest)
     state, req, validator = opened.state, opened.body, opened.validator
-    valid = await validator.validate(
-        req.to_generation(state.settings.default_completion_max_tokens)
-    )
+    valid = await opened.validate(req.to_generation(state.settings.default_completion_max_tokens))
     prompts = valid.prompts
     echo_logprobs = req.echo and req.logprobs is not None
     request_id = f"cmpl-{uuid.uuid4().hex}"
