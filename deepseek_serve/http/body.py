@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -90,6 +91,7 @@ def validate_lenient(model: type[T], data: dict[str, Any], where: str = "") -> T
             data = _without(data, unknown)
             ignored.extend(_param_path(path) for path in unknown)
             continue
+        ignored.extend(_quietly_ignored(model, data))
         if ignored:
             logger.warning(
                 "%sfields present in the request but ignored: %s",
@@ -101,6 +103,45 @@ def validate_lenient(model: type[T], data: dict[str, Any], where: str = "") -> T
 
 
 KeyPath = tuple[Any, ...]
+
+
+def _quietly_ignored(model: type[BaseModel], data: Any, prefix: str = "") -> list[str]:
+    """The keys of ``data`` that models declaring ``extra="ignore"`` (the llama.cpp and Ollama
+    dialects: their servers ignore what they do not know) dropped without a word: logged like
+    the others. Nested bodies are followed through their fields (lists as ``name[]``)."""
+    if not isinstance(data, dict):
+        return []
+    fields = model.model_fields
+    known = {f.alias or name: f for name, f in fields.items()} | dict(fields)
+    out = []
+    for key, value in data.items():
+        field = known.get(key)
+        if field is None:
+            if model.model_config.get("extra") == "ignore":
+                out.append(f"{prefix}{key}")
+            continue
+        for sub, nested in _nested_models(field.annotation, value):
+            out.extend(
+                _quietly_ignored(
+                    sub, nested, f"{prefix}{key}{'[]' if nested is not value else ''}."
+                )
+            )
+    return out
+
+
+def _nested_models(annotation: Any, value: Any) -> list[tuple[type[BaseModel], Any]]:
+    """(model, value) pairs to follow for a field: its value, or each item of a list value,
+    when the annotation names a pydantic model."""
+    models = [
+        t
+        for t in (annotation, *typing.get_args(annotation))
+        for t in (t, *typing.get_args(t))
+        if isinstance(t, type) and issubclass(t, BaseModel)
+    ]
+    if not models:
+        return []
+    items = value if isinstance(value, list) else [value]
+    return [(models[0], item) for item in items[:1] if isinstance(item, dict)]
 
 
 def _split(data: Any, loc: KeyPath) -> tuple[KeyPath, KeyPath]:

@@ -83,3 +83,33 @@ def test_response_format_keeps_the_whitespace_switch_of_structured_outputs() -> 
     assert got is not None and got.kind == "json" and got.disable_any_whitespace
     got = structured_output(fmt, None)
     assert got is not None and not got.disable_any_whitespace
+
+
+def test_dialects_that_ignore_unknown_fields_still_name_them_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """llama.cpp's and Ollama's bodies ignore what they do not know, as those servers do; the
+    log still names it once per request, as for the OpenAI dialect."""
+    from deepseek_serve.http.body import validate_lenient
+    from deepseek_serve.routes.llama_cpp.protocol import InfillRequest
+    from deepseek_serve.routes.ollama.protocol import GenerateRequest
+
+    body = {
+        "input_prefix": "x",
+        "penalty_last_n": 64,  # llama.cpp's, not honoured here
+        "input_extra": [{"filename": "a.py", "text": "", "time": 1, "mtime": 2}],
+    }
+    with caplog.at_level(logging.WARNING):
+        validate_lenient(InfillRequest, body, "/infill")
+    expected = "/infill: fields present in the request but ignored: input_extra[].mtime, "
+    assert expected + "penalty_last_n" in caplog.text
+    caplog.clear()
+    body = {"model": "m", "prompt": "x", "options": {"num_ctx": 4096, "temperature": 0.1}}
+    with caplog.at_level(logging.WARNING):
+        validate_lenient(GenerateRequest, body, "/api/generate")
+    assert caplog.text.count("ignored") == 1 and "options.num_ctx" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # everything known (llama.vim sends "time"): quiet
+        validate_lenient(InfillRequest, {"input_prefix": "x", "input_extra": [
+            {"filename": "a.py", "text": "", "time": 1}]}, "/infill")  # fmt: skip
+    assert "ignored" not in caplog.text

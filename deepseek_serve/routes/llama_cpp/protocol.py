@@ -43,6 +43,7 @@ class ExtraChunk(BaseModel):
 
     filename: str = Field(min_length=1, max_length=4096)
     text: str
+    time: Any = None  # sent by llama.vim and llama.vscode (when the chunk was read); not used
 
     @field_validator("filename")
     @classmethod
