@@ -14,6 +14,8 @@ from deepseek_serve.app import PostStartCheck, create_app
 from deepseek_serve.demo import DEMOS, build_demo_model, default_cache_dir, demo_dir, is_demo_dir
 from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
 from deepseek_serve.http.lifecycle import DrainingServer
+from deepseek_serve.http.protocol import guarded_protocol, head_bytes_bound
+from deepseek_serve.http.state import ServerState
 from deepseek_serve.prompts.tokenizer import (
     TokenizerFidelityError,
     TokenizerSetup,
@@ -88,10 +90,21 @@ def engine_tokenizer_check(setup: TokenizerSetup) -> PostStartCheck:
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     """How ``deepseek-serve`` runs an app (the benchmarks' instant-engine server reuses it)."""
+    state = getattr(getattr(app, "state", None), "deepseek", None)
+    on_reject = None
+    if isinstance(state, ServerState):
+        rejected = state.metrics.rejected
+
+        def on_reject(reason: str) -> None:
+            rejected.labels(reason).inc()
+
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # h11, bounded while reading the head (httptools buffers a head of any size).
+        http=guarded_protocol(settings, on_reject),
+        h11_max_incomplete_event_size=head_bytes_bound(settings),
         log_level=settings.log_level,
         log_config=None,  # the root logging set up by the CLI (text or JSON)
         access_log=False,  # our RequestContext logs each request, with its id
