@@ -161,11 +161,13 @@ class GuardedH11Protocol(H11Protocol):
         self._head_bytes += len(part)
         self._head_lines += part.count(b"\n")
         line = self._head_bytes if self._request_line is None else self._request_line
+        # Header lines: not the request line, nor the blank line that ends the head.
+        headers = self._head_lines - 1 - (blank is not None)
         error: APIError
         if line > self.max_request_line:
             limit = self.max_request_line - _REQUEST_LINE_EXTRA
             error = URITooLongError(f"The request target exceeds {limit} bytes.")
-        elif self._head_lines > self.max_headers + 1:
+        elif headers > self.max_headers:
             error = HeadersTooLargeError(f"Request headers exceed {self.max_headers} headers.")
         elif self._head_bytes > self.max_head_bytes:
             error = HeadersTooLargeError(f"The request head exceeds {self.max_head_bytes} bytes.")

@@ -1,0 +1,172 @@
+"""The HTTP connection protocol (http/protocol.py) over an in-memory transport: a head is
+bounded while it arrives, whatever the chunking; heads within the limits pass.
+
+The same against a real server on a port: tests/e2e/test_hostile_clients.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState as UvicornState
+
+from deepseek_serve.http.protocol import GuardedH11Protocol, guarded_protocol, head_bytes_bound
+from deepseek_serve.settings import Settings
+from tests.app.conftest import settings_for
+
+
+class Transport(asyncio.Transport):
+    def __init__(self, protocol: GuardedH11Protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.written = bytearray()
+        self.closed = False
+        self.eof = False
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.protocol.connection_lost(None)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name in ("peername", "sockname") else default
+
+
+async def ok_app(scope: Any, receive: Any, send: Any) -> None:
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def connect(settings: Settings, reported: list[str] | None = None) -> Transport:
+    config = uvicorn.Config(
+        ok_app,
+        http=guarded_protocol(settings, (reported if reported is not None else []).append),
+        h11_max_incomplete_event_size=head_bytes_bound(settings),
+        log_config=None,
+    )
+    config.load()
+    protocol_class = config.http_protocol_class
+    protocol = protocol_class(config=config, server_state=UvicornState(), app_state={})
+    assert isinstance(protocol, GuardedH11Protocol)
+    transport = Transport(protocol)
+    protocol.connection_made(transport)
+    return transport
+
+
+def feed(transport: Transport, data: bytes, chunk: int) -> int:
+    """Feed ``data`` in chunks until the server answers; the bytes fed."""
+    fed = 0
+    for i in range(0, len(data), chunk):
+        if transport.written or transport.closed:
+            break
+        transport.protocol.data_received(data[i : i + chunk])
+        fed += len(data[i : i + chunk])
+    return fed
+
+
+def status(transport: Transport) -> int:
+    assert transport.written.startswith(b"HTTP/1.1 "), bytes(transport.written[:200])
+    return int(transport.written.split(b" ", 2)[1])
+
+
+SETTINGS = settings_for()
+BOUND = head_bytes_bound(SETTINGS)
+
+
+@pytest.mark.parametrize("chunk", [1, 1000, 65536, 262144])
+async def test_a_header_that_never_ends_is_a_431_after_the_bound(chunk: int) -> None:
+    reported: list[str] = []
+    transport = connect(SETTINGS, reported)
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Flood: " + b"a" * (4 << 20)
+    fed = feed(transport, head, chunk)
+    assert status(transport) == 431
+    assert b"connection: close" in transport.written
+    assert transport.eof and not transport.closed  # lingering: the client reads the answer
+    assert fed <= BOUND + chunk  # refused in the chunk that crossed the bound
+    # h11 was never handed more than the bound: the chunk that crossed it was not passed on.
+    assert len(transport.protocol.conn.trailing_data[0]) <= BOUND
+    assert reported == ["too_large"]
+    # What the client still sends is dropped; past a megabyte, the connection closes.
+    transport.protocol.data_received(b"a" * (2 << 20))
+    assert transport.closed
+
+
+@pytest.mark.parametrize("chunk", [1, 4096, 65536])
+async def test_a_request_target_that_never_ends_is_a_414(chunk: int) -> None:
+    transport = connect(SETTINGS)
+    fed = feed(transport, b"GET /health?q=" + b"a" * (1 << 20), chunk)
+    assert status(transport) == 414
+    assert fed <= SETTINGS.max_request_target_bytes + 64 + chunk
+
+
+async def test_more_headers_than_allowed_are_a_431_before_the_head_ends() -> None:
+    transport = connect(SETTINGS)
+    feed(transport, b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"A: b\r\n" * 200, 7)
+    assert status(transport) == 431
+    assert b"exceed 100 headers" in transport.written
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 4096])
+async def test_heads_at_the_limits_pass_whatever_the_chunking(chunk: int) -> None:
+    target = b"/health?q=" + b"a" * (SETTINGS.max_request_target_bytes - 11)
+    headers = b"".join(b"h%d: v\r\n" % i for i in range(SETTINGS.max_headers - 1))
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+    body = b'{"a": 1}'
+    post = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    for data in (request, post):
+        transport = connect(SETTINGS)
+        feed(transport, data, chunk)
+        for _ in range(20):
+            if transport.written:
+                break
+            await asyncio.sleep(0.01)
+        assert status(transport) == 200
+        transport.close()
+
+
+async def test_a_slow_head_gets_a_408_and_a_silent_connection_is_closed() -> None:
+    settings = settings_for(header_timeout=0.2)
+    reported: list[str] = []
+    slow = connect(settings, reported)
+    silent = connect(settings, reported)
+    slow.protocol.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    await asyncio.sleep(0.5)
+    assert status(slow) == 408
+    assert b"did not arrive within 0.2 s" in slow.written
+    assert silent.closed and not silent.written
+    assert sorted(reported) == ["header_timeout", "header_timeout"]
+
+
+async def test_the_head_timer_starts_again_for_the_next_request() -> None:
+    settings = settings_for(header_timeout=0.2)
+    transport = connect(settings)
+    transport.protocol.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.3)  # the first request is answered; the head timer is not running
+    assert status(transport) == 200 and not transport.closed
+    transport.written.clear()
+    transport.protocol.data_received(b"GET /health HTTP/1.1\r\n")
+    await asyncio.sleep(0.5)
+    assert status(transport) == 408
