@@ -1,4 +1,5 @@
-"""What a request must get past before a route sees it, in this order: header caps, shutdown,
+"""What a request must get past before a route sees it, in this order: header and request-target
+caps (exact, on the parsed head; ``http.protocol`` bounds the head while it arrives), shutdown,
 API key, per-key rate limits, the body (size-capped, whole, within ``body_timeout``), and the
 bound on generation requests in flight.
 
@@ -99,7 +100,7 @@ class Gate:
         limit = settings.max_body_bytes
         length = header(scope, b"content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # "²" is a digit to isdigit
                 error = InvalidRequestError("Content-Length is not a number.")
                 return await self._reject(error, "bad_request", scope, receive, send)
             if int(length) > limit:

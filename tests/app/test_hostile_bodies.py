@@ -81,7 +81,13 @@ def test_unicode_digit_logit_bias_keys_are_a_400(
 # --- the body, read by the gate before the in-flight slot ---
 
 
-def call(client: TestClient, path: str, messages: list[dict[str, Any]], hold: float) -> Any:
+def call(
+    client: TestClient,
+    path: str,
+    messages: list[dict[str, Any]],
+    hold: float,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> Any:
     """Run one request straight through the ASGI app in the client's event loop: ``messages``
     are what the connection delivers, then it stays silent for ``hold`` seconds, then says the
     client is gone. Returns the response messages and the server's in-flight count seen while
@@ -113,7 +119,8 @@ def call(client: TestClient, path: str, messages: list[dict[str, Any]], hold: fl
             "raw_path": path.encode(),
             "query_string": b"",
             "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"content-length", b"60")],
+            "headers": headers
+            or [(b"content-type", b"application/json"), (b"content-length", b"60")],
             "client": ("127.0.0.1", 1234),
             "server": ("127.0.0.1", 8000),
             "state": {},
@@ -168,3 +175,17 @@ def test_a_request_target_over_the_cap_is_a_414(make_client: MakeClient) -> None
     r = client.get("/health?" + "a" * 300)
     assert r.status_code == 414
     assert r.json()["error"]["code"] == "uri_too_long"
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1e3", "-1", " "])
+def test_a_content_length_that_is_not_ascii_digits_is_a_400(
+    client: TestClient, length: str
+) -> None:
+    # h11 refuses these on a real connection; in process the gate must too, not crash.
+    whole = {"type": "http.request", "body": b"{}", "more_body": False}
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", length.encode("latin-1")),
+    ]
+    sent, _ = call(client, "/v1/completions", [whole], hold=0, headers=headers)
+    assert sent[0]["status"] == 400
