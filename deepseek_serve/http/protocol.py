@@ -6,7 +6,8 @@ minute and grew the process by hundreds of MiB. h11 bounds what it buffers of an
 event (``h11_max_incomplete_event_size``); on top of that this protocol, while the head is still
 arriving:
 
-- counts its lines: more than ``max_headers`` headers is a 431 before the head ends;
+- counts its lines and bytes: more than ``max_headers`` headers, or header lines longer in all
+  than ``max_header_bytes`` plus their ``: `` and line ends, is a 431 before the head ends;
 - bounds its request line: longer than ``max_request_target_bytes`` (plus the method and the
   HTTP version) is a 414 before the line ends;
 - gives it ``header_timeout`` seconds from its first byte, or from the connection's opening:
@@ -77,6 +78,9 @@ def guarded_protocol(
         max_headers = settings.max_headers
         max_request_line = settings.max_request_target_bytes + _REQUEST_LINE_EXTRA
         max_head_bytes = head_bytes_bound(settings)
+        max_header_bytes = settings.max_header_bytes
+        # The header lines as sent: names and values (what the gate counts) plus ": " and CRLF.
+        max_header_section = settings.max_header_bytes + 4 * settings.max_headers + 2
         header_timeout = settings.header_timeout
         report = staticmethod(on_reject or (lambda reason: None))
 
@@ -87,6 +91,8 @@ class GuardedH11Protocol(H11Protocol):
     max_headers: int
     max_request_line: int
     max_head_bytes: int
+    max_header_bytes: int
+    max_header_section: int
     header_timeout: float
     report: Callable[[str], None]
 
@@ -163,14 +169,15 @@ class GuardedH11Protocol(H11Protocol):
         line = self._head_bytes if self._request_line is None else self._request_line
         # Header lines: not the request line, nor the blank line that ends the head.
         headers = self._head_lines - 1 - (blank is not None)
+        section = 0 if self._request_line is None else self._head_bytes - self._request_line - 1
         error: APIError
         if line > self.max_request_line:
             limit = self.max_request_line - _REQUEST_LINE_EXTRA
             error = URITooLongError(f"The request target exceeds {limit} bytes.")
         elif headers > self.max_headers:
             error = HeadersTooLargeError(f"Request headers exceed {self.max_headers} headers.")
-        elif self._head_bytes > self.max_head_bytes:
-            error = HeadersTooLargeError(f"The request head exceeds {self.max_head_bytes} bytes.")
+        elif section > self.max_header_section:
+            error = HeadersTooLargeError(f"Request headers exceed {self.max_header_bytes} bytes.")
         else:
             return True
         self._refuse(error, "too_large")

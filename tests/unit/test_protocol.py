@@ -102,10 +102,12 @@ async def test_a_header_that_never_ends_is_a_431_after_the_bound(chunk: int) -> 
     transport = connect(SETTINGS, reported)
     head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Flood: " + b"a" * (4 << 20)
     fed = feed(transport, head, chunk)
+    section = SETTINGS.max_header_bytes + 4 * SETTINGS.max_headers + 2
     assert status(transport) == 431
+    assert b"Request headers exceed 16384 bytes" in transport.written
     assert b"connection: close" in transport.written
     assert transport.eof and not transport.closed  # lingering: the client reads the answer
-    assert fed <= BOUND + chunk  # refused in the chunk that crossed the bound
+    assert fed <= len(b"GET /health HTTP/1.1\r\n") + section + chunk  # in the crossing chunk
     # h11 was never handed more than the bound: the chunk that crossed it was not passed on.
     assert len(transport.protocol.conn.trailing_data[0]) <= BOUND
     assert reported == ["too_large"]
@@ -136,7 +138,10 @@ async def test_heads_at_the_limits_pass_whatever_the_chunking(chunk: int) -> Non
     request = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
     body = b'{"a": 1}'
     post = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    for data in (request, post):
+    # Header names and values of exactly max_header_bytes, as the gate counts them.
+    big = b"x" * (SETTINGS.max_header_bytes - len(b"host" + b"x" + b"x-big"))
+    large = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + big + b"\r\n\r\n"
+    for data in (request, post, large):
         transport = connect(SETTINGS)
         feed(transport, data, chunk)
         for _ in range(20):
