@@ -22,6 +22,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
@@ -197,3 +198,10 @@ def test_query_strings_never_get_a_5xx(client: TestClient, path: str) -> None:
 
     run()
     assert client.get("/health").status_code == 200
+
+
+def test_every_route_is_fuzzed(client: TestClient) -> None:
+    """A new route needs seeds here (POST) or a place in GET_ROUTES."""
+    routes = [r for r in client.app.routes if isinstance(r, Route)]  # type: ignore[attr-defined]
+    assert {r.path for r in routes if "POST" in (r.methods or ())} == set(SEEDS)
+    assert {r.path for r in routes if "GET" in (r.methods or ())} == set(GET_ROUTES)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepseek_serve.errors import InvalidRequestError
-from deepseek_serve.http.body import MAX_JSON_DEPTH, decode_json, json_depth
+from deepseek_serve.http.client_json import MAX_JSON_DEPTH, decode_json, json_depth
 
 TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12) | st.sampled_from(
     ['"', "\\", "[", "]{", '\\"[', "}]"]
