@@ -2,7 +2,8 @@
 
 For every POST route: bodies built from a realistic seed with fields replaced by any JSON value,
 removed or added, and the seed's bytes mutated (cut, spliced, overwritten); for the GET routes:
-any query string. The property: no answer is a 5xx or carries an internal-error frame, every
+any query string; any values of the headers we read (``Authorization`` with API keys on).
+The property: no answer is a 5xx or carries an internal-error frame, every
 refusal is a JSON error, and ``/health`` is still 200 afterwards.
 
 The seeds are what clients send. Sources: openai/openai-python (completions.create,
@@ -152,6 +153,16 @@ def client(v1_setup: TokenizerSetup) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def keyed_client(v1_setup: TokenizerSetup) -> Iterator[TestClient]:
+    """API keys on, with a request rate limit: Authorization is parsed and looked up."""
+    engine = FakeEngine(v1_setup.prompt_tokenizer)
+    settings = settings_for(api_keys="sk-fuzz-1", request_rate_limit="1000000/hour")
+    with TestClient(create_app(settings, engine, v1_setup.prompt_tokenizer)) as client:
+        wait_ready(client)
+        yield client
+
+
 def check(r: Any) -> None:
     assert r.status_code < 500, (r.status_code, r.text[:500])
     assert "nternal server error" not in r.text, r.text[:500]
@@ -183,6 +194,49 @@ def test_mutated_bytes_never_get_a_5xx(client: TestClient, path: str) -> None:
 
     run()
     assert client.get("/health").status_code == 200
+
+
+# Header values a client can send: visible latin-1 and tabs (httpx refuses CR, LF and NUL).
+HEADER_VALUES = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f")
+    | st.just("\t"),
+    max_size=40,
+)
+HEADERS = ["content-type", "authorization", "x-request-id", "accept", "origin", "user-agent"]
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/infill", "/health"])
+def test_header_values_never_get_a_5xx(client: TestClient, path: str) -> None:
+    body = json.dumps(SEEDS.get(path, [{}])[0]).encode()
+
+    @settings(FUZZ, max_examples=EXAMPLES // 3)
+    @given(headers=st.dictionaries(st.sampled_from(HEADERS), HEADER_VALUES, max_size=4))
+    def run(headers: dict[str, str]) -> None:
+        encoded = {k: v.encode("latin-1") for k, v in headers.items()}
+        if path == "/health":
+            check(client.get(path, headers=encoded))
+        else:
+            check(client.post(path, content=body, headers=encoded))
+
+    run()
+    assert client.get("/health").status_code == 200
+
+
+def test_authorization_values_never_get_a_5xx(keyed_client: TestClient) -> None:
+    body = json.dumps(SEEDS["/v1/completions"][0]).encode()
+    prefixes = st.sampled_from(["", "Bearer ", "bearer ", "Bearer  ", "Basic ", "Bearer sk-fuzz-1"])
+
+    @settings(FUZZ, max_examples=EXAMPLES // 3)
+    @given(prefix=prefixes, value=HEADER_VALUES)
+    def run(prefix: str, value: str) -> None:
+        headers = {"authorization": (prefix + value).encode("latin-1")}
+        check(keyed_client.post("/v1/completions", content=body, headers=headers))
+        check(keyed_client.get("/metrics", headers=headers))
+
+    run()
+    ok = {"authorization": "Bearer sk-fuzz-1"}
+    assert keyed_client.post("/v1/completions", content=body, headers=ok).status_code != 401
+    assert keyed_client.get("/health").status_code == 200
 
 
 @pytest.mark.parametrize("path", GET_ROUTES)
