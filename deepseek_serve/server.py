@@ -102,9 +102,9 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        # h11, bounded while reading the head (httptools buffers a head of any size).
+        # httptools with the head bounded while it arrives (uvicorn's buffers any head).
         http=guarded_protocol(settings, on_reject),
-        h11_max_incomplete_event_size=head_bytes_bound(settings),
+        h11_max_incomplete_event_size=head_bytes_bound(settings),  # if h11 is chosen
         log_level=settings.log_level,
         log_config=None,  # the root logging set up by the CLI (text or JSON)
         access_log=False,  # our RequestContext logs each request, with its id

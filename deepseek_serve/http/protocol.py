@@ -1,21 +1,24 @@
-"""The HTTP/1.1 connection: uvicorn's h11 protocol with the request head bounded while it is read.
+"""The HTTP/1.1 connection: uvicorn's protocols with the request head bounded while it is read.
 
-uvicorn's httptools protocol (its default when httptools is installed) buffers a request head
-until it ends, however long: one client sending a never-ending header held the event loop for a
-minute and grew the process by hundreds of MiB. h11 bounds what it buffers of an incomplete
-event (``h11_max_incomplete_event_size``); on top of that this protocol, while the head is still
-arriving:
+uvicorn's httptools protocol buffers a request head until it ends, however long: one client
+sending a never-ending header held the event loop for a minute and grew the process by hundreds
+of MiB (its h11 protocol bounds what it buffers, ``h11_max_incomplete_event_size``). The
+protocols here check every chunk of a head before the parser gets it:
 
-- counts its lines and bytes: more than ``max_headers`` headers, or header lines longer in all
-  than ``max_header_bytes`` plus their ``: `` and line ends, is a 431 before the head ends;
-- bounds its request line: longer than ``max_request_target_bytes`` (plus the method and the
-  HTTP version) is a 414 before the line ends;
-- gives it ``header_timeout`` seconds from its first byte, or from the connection's opening:
+- its lines and bytes: more than ``max_headers`` headers, or header lines longer in all than
+  ``max_header_bytes`` plus their ``: `` and line ends, is a 431 before the head ends;
+- its request line: longer than ``max_request_target_bytes`` (plus the method and the HTTP
+  version) is a 414 before the line ends;
+- its time: ``header_timeout`` seconds from its first byte, or from the connection's opening;
   then 408 if part of a head came, or a plain close if nothing did.
 
 Each refusal is a JSON error in the OpenAI shape with ``Connection: close``. The connection is
 then half-closed and what the client still sends is read and dropped for a moment (a "lingering
 close"), so that the client reads the answer instead of a connection reset.
+
+``GuardedHttpToolsProtocol`` (httptools, uvicorn's faster parser: less API-process CPU per
+streamed request, see ``bench.http_parser``) is what the server runs; ``GuardedH11Protocol``
+(pure Python, with h11's own bound behind ours) is the same over h11.
 
 The gate (``http.gate``) still checks the parsed head exactly (header count, header bytes,
 target length): these checks bound what is buffered; the gate's give the precise answer.
@@ -29,11 +32,12 @@ import logging
 import re
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import h11
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState as UvicornState
 
 from deepseek_serve.errors import (
@@ -69,12 +73,21 @@ def head_bytes_bound(settings: Settings) -> int:
 
 
 def guarded_protocol(
-    settings: Settings, on_reject: Callable[[str], None] | None = None
-) -> type[GuardedH11Protocol]:
+    settings: Settings,
+    on_reject: Callable[[str], None] | None = None,
+    parser: Literal["httptools", "h11"] = "httptools",
+) -> type[HeadGuard]:
     """The protocol class uvicorn instantiates per connection, bound to ``settings``.
     ``on_reject(reason)`` is called for each refusal (the server counts them in its metrics)."""
+    base: type[HeadGuard]
+    if parser == "httptools":
+        base = GuardedHttpToolsProtocol
+    elif parser == "h11":
+        base = GuardedH11Protocol
+    else:
+        raise ValueError(f"unknown HTTP parser {parser!r}")
 
-    class Bound(GuardedH11Protocol):
+    class Bound(base):  # type: ignore[valid-type,misc]
         max_headers = settings.max_headers
         max_request_line = settings.max_request_target_bytes + _REQUEST_LINE_EXTRA
         max_head_bytes = head_bytes_bound(settings)
@@ -87,7 +100,11 @@ def guarded_protocol(
     return Bound
 
 
-class GuardedH11Protocol(H11Protocol):
+class HeadGuard(asyncio.Protocol):
+    """What both protocols share: counting a head's chunks, its timer, refusing. A protocol
+    calls ``_guard_head(data)`` with each chunk while a head is arriving, and tells when one
+    is complete (``_end_head``)."""
+
     max_headers: int
     max_request_line: int
     max_head_bytes: int
@@ -96,14 +113,11 @@ class GuardedH11Protocol(H11Protocol):
     header_timeout: float
     report: Callable[[str], None]
 
-    def __init__(
-        self,
-        config: Config,
-        server_state: UvicornState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
+
+    def _init_guard(self) -> None:
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # of the head now arriving, as far as counted
@@ -112,50 +126,27 @@ class GuardedH11Protocol(H11Protocol):
         self._tail = b""  # the head's last two bytes so far (a blank line may span chunks)
         self._dropped = 0  # bytes read and dropped after a refusal
 
-    # --- the connection ---
+    def _reading_head(self) -> bool:
+        raise NotImplementedError
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._start_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _stop_guard(self) -> None:
         for timer in (self._head_timer, self._linger):
             if timer is not None:
                 timer.cancel()
         self._head_timer = None
-        super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        if self._linger is not None:
-            # Refused: what still comes is dropped, up to a point, until the close.
-            self._dropped += len(data)
-            if self._dropped > LINGER_BYTES:
-                self.transport.close()
-            return
-        if self.conn.their_state is h11.IDLE:  # a head is arriving: check it before h11 has it
-            self._unset_keepalive_if_required()
-            self._start_head_timer()
-            if not self._head_ok(data):
-                return
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            # A whole head came (h11 made a Request of it): the app has the request now.
-            self._end_head()
+    def _lingering(self, data: bytes) -> bool:
+        """Refused: what still comes is dropped, up to a point, until the close."""
+        if self._linger is None:
+            return False
+        self._dropped += len(data)
+        if self._dropped > LINGER_BYTES:
+            self.transport.close()
+        return True
 
-    def send_400_response(self, msg: str) -> None:
-        """h11 refused the bytes: a head over its bound (431), or not HTTP/1.1 at all (400)."""
-        if len(self.conn.trailing_data[0]) > self.max_head_bytes:
-            error: APIError = HeadersTooLargeError(
-                f"The request head exceeds {self.max_head_bytes} bytes."
-            )
-            self._refuse(error, "too_large")
-        else:
-            self._refuse(InvalidRequestError("Invalid HTTP request."), "bad_request")
-
-    # --- the head being read ---
-
-    def _head_ok(self, data: bytes) -> bool:
+    def _guard_head(self, data: bytes) -> bool:
         """Count the head's part of ``data``; refuse at once if the head breaks a limit."""
+        self._start_head_timer()
         joined = self._tail + data
         blank = _BLANK_LINE.search(joined)
         part = data if blank is None else data[: max(0, blank.end() - len(self._tail))]
@@ -197,9 +188,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing() or not self._reading_head():
             return
-        if self._head_bytes or self.conn.trailing_data[0]:
+        if self._head_bytes:
             error = RequestTimeoutError(
                 f"The request head did not arrive within {self.header_timeout:g} s."
             )
@@ -210,10 +201,8 @@ class GuardedH11Protocol(H11Protocol):
             self.report("header_timeout")
             self.transport.close()
 
-    # --- refusing ---
-
     def _refuse(self, error: APIError, reason: str) -> None:
-        """Answer ``error`` outside h11 (no request was parsed), then close, lingering."""
+        """Answer ``error`` outside the parser (no request was parsed), then close, lingering."""
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         logger.info("refused a request head from %s: %d %s", client, error.status_code, error)
         self.report(reason)
@@ -232,3 +221,93 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: UvicornState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._init_guard()
+        self._in_head = True  # the parser is before or inside a request head
+
+    def _reading_head(self) -> bool:
+        return self._in_head
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_guard()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering(data):
+            return
+        if self._in_head:
+            self._unset_keepalive_if_required()
+            if not self._guard_head(data):
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._end_head()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True  # what comes next is the next request's head
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(InvalidRequestError("Invalid HTTP request."), "bad_request")
+
+
+class GuardedH11Protocol(HeadGuard, H11Protocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: UvicornState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._init_guard()
+
+    def _reading_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_guard()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering(data):
+            return
+        if self.conn.their_state is h11.IDLE:  # a head is arriving: check it before h11 has it
+            self._unset_keepalive_if_required()
+            if not self._guard_head(data):
+                return
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            # A whole head came (h11 made a Request of it): the app has the request now.
+            self._end_head()
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 refused the bytes: a head over its bound (431), or not HTTP/1.1 at all (400)."""
+        if len(self.conn.trailing_data[0]) > self.max_head_bytes:
+            error: APIError = HeadersTooLargeError(
+                f"The request head exceeds {self.max_head_bytes} bytes."
+            )
+            self._refuse(error, "too_large")
+        else:
+            self._refuse(InvalidRequestError("Invalid HTTP request."), "bad_request")

@@ -13,13 +13,18 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState as UvicornState
 
-from deepseek_serve.http.protocol import GuardedH11Protocol, guarded_protocol, head_bytes_bound
+from deepseek_serve.http.protocol import (
+    GuardedH11Protocol,
+    HeadGuard,
+    guarded_protocol,
+    head_bytes_bound,
+)
 from deepseek_serve.settings import Settings
 from tests.app.conftest import settings_for
 
 
 class Transport(asyncio.Transport):
-    def __init__(self, protocol: GuardedH11Protocol) -> None:
+    def __init__(self, protocol: Any) -> None:
         super().__init__()
         self.protocol = protocol
         self.written = bytearray()
@@ -53,6 +58,21 @@ class Transport(asyncio.Transport):
         return ("127.0.0.1", 40000) if name in ("peername", "sockname") else default
 
 
+class CountingParser:
+    """httptools' parser, counting the bytes it is given."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.fed = 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += len(data)
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
 async def ok_app(scope: Any, receive: Any, send: Any) -> None:
     while (await receive()).get("more_body"):
         pass
@@ -60,17 +80,28 @@ async def ok_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def connect(settings: Settings, reported: list[str] | None = None) -> Transport:
+PARSERS = ["httptools", "h11"]
+
+
+def connect(
+    settings: Settings, reported: list[str] | None = None, parser: str = "httptools"
+) -> Transport:
     config = uvicorn.Config(
         ok_app,
-        http=guarded_protocol(settings, (reported if reported is not None else []).append),
+        http=guarded_protocol(
+            settings,
+            (reported if reported is not None else []).append,
+            parser,  # type: ignore[arg-type]
+        ),
         h11_max_incomplete_event_size=head_bytes_bound(settings),
         log_config=None,
     )
     config.load()
     protocol_class = config.http_protocol_class
     protocol = protocol_class(config=config, server_state=UvicornState(), app_state={})
-    assert isinstance(protocol, GuardedH11Protocol)
+    assert isinstance(protocol, HeadGuard)
+    if not isinstance(protocol, GuardedH11Protocol):
+        protocol.parser = CountingParser(protocol.parser)
     transport = Transport(protocol)
     protocol.connection_made(transport)
     return transport
@@ -97,9 +128,10 @@ BOUND = head_bytes_bound(SETTINGS)
 
 
 @pytest.mark.parametrize("chunk", [1, 1000, 65536, 262144])
-async def test_a_header_that_never_ends_is_a_431_after_the_bound(chunk: int) -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_a_header_that_never_ends_is_a_431_after_the_bound(chunk: int, parser: str) -> None:
     reported: list[str] = []
-    transport = connect(SETTINGS, reported)
+    transport = connect(SETTINGS, reported, parser)
     head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Flood: " + b"a" * (4 << 20)
     fed = feed(transport, head, chunk)
     section = SETTINGS.max_header_bytes + 4 * SETTINGS.max_headers + 2
@@ -108,8 +140,11 @@ async def test_a_header_that_never_ends_is_a_431_after_the_bound(chunk: int) -> 
     assert b"connection: close" in transport.written
     assert transport.eof and not transport.closed  # lingering: the client reads the answer
     assert fed <= len(b"GET /health HTTP/1.1\r\n") + section + chunk  # in the crossing chunk
-    # h11 was never handed more than the bound: the chunk that crossed it was not passed on.
-    assert len(transport.protocol.conn.trailing_data[0]) <= BOUND
+    if isinstance(transport.protocol, GuardedH11Protocol):
+        # h11 was never handed more than the bound: the crossing chunk was not passed on.
+        assert len(transport.protocol.conn.trailing_data[0]) <= BOUND
+    else:
+        assert transport.protocol.parser.fed <= BOUND  # the same for httptools
     assert reported == ["too_large"]
     # What the client still sends is dropped; past a megabyte, the connection closes.
     transport.protocol.data_received(b"a" * (2 << 20))
@@ -117,22 +152,25 @@ async def test_a_header_that_never_ends_is_a_431_after_the_bound(chunk: int) -> 
 
 
 @pytest.mark.parametrize("chunk", [1, 4096, 65536])
-async def test_a_request_target_that_never_ends_is_a_414(chunk: int) -> None:
-    transport = connect(SETTINGS)
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_a_request_target_that_never_ends_is_a_414(chunk: int, parser: str) -> None:
+    transport = connect(SETTINGS, parser=parser)
     fed = feed(transport, b"GET /health?q=" + b"a" * (1 << 20), chunk)
     assert status(transport) == 414
     assert fed <= SETTINGS.max_request_target_bytes + 64 + chunk
 
 
-async def test_more_headers_than_allowed_are_a_431_before_the_head_ends() -> None:
-    transport = connect(SETTINGS)
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_more_headers_than_allowed_are_a_431_before_the_head_ends(parser: str) -> None:
+    transport = connect(SETTINGS, parser=parser)
     feed(transport, b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"A: b\r\n" * 200, 7)
     assert status(transport) == 431
     assert b"exceed 100 headers" in transport.written
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 4096])
-async def test_heads_at_the_limits_pass_whatever_the_chunking(chunk: int) -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_heads_at_the_limits_pass_whatever_the_chunking(chunk: int, parser: str) -> None:
     target = b"/health?q=" + b"a" * (SETTINGS.max_request_target_bytes - 11)
     headers = b"".join(b"h%d: v\r\n" % i for i in range(SETTINGS.max_headers - 1))
     request = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
@@ -142,7 +180,7 @@ async def test_heads_at_the_limits_pass_whatever_the_chunking(chunk: int) -> Non
     big = b"x" * (SETTINGS.max_header_bytes - len(b"host" + b"x" + b"x-big"))
     large = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + big + b"\r\n\r\n"
     for data in (request, post, large):
-        transport = connect(SETTINGS)
+        transport = connect(SETTINGS, parser=parser)
         feed(transport, data, chunk)
         for _ in range(20):
             if transport.written:
@@ -152,11 +190,12 @@ async def test_heads_at_the_limits_pass_whatever_the_chunking(chunk: int) -> Non
         transport.close()
 
 
-async def test_a_slow_head_gets_a_408_and_a_silent_connection_is_closed() -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_a_slow_head_gets_a_408_and_a_silent_connection_is_closed(parser: str) -> None:
     settings = settings_for(header_timeout=0.2)
     reported: list[str] = []
-    slow = connect(settings, reported)
-    silent = connect(settings, reported)
+    slow = connect(settings, reported, parser)
+    silent = connect(settings, reported, parser)
     slow.protocol.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n")
     await asyncio.sleep(0.5)
     assert status(slow) == 408
@@ -165,9 +204,10 @@ async def test_a_slow_head_gets_a_408_and_a_silent_connection_is_closed() -> Non
     assert sorted(reported) == ["header_timeout", "header_timeout"]
 
 
-async def test_the_head_timer_starts_again_for_the_next_request() -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_the_head_timer_starts_again_for_the_next_request(parser: str) -> None:
     settings = settings_for(header_timeout=0.2)
-    transport = connect(settings)
+    transport = connect(settings, parser=parser)
     transport.protocol.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     await asyncio.sleep(0.3)  # the first request is answered; the head timer is not running
     assert status(transport) == 200 and not transport.closed
