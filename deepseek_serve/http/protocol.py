@@ -186,9 +186,17 @@ class HeadGuard(asyncio.Protocol):
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
 
+    def _responding(self) -> bool:
+        """A response is being sent (a client may pipeline its next head meanwhile)."""
+        cycle = getattr(self, "cycle", None)
+        return cycle is not None and not cycle.response_complete
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.transport.is_closing() or not self._reading_head():
+            return
+        if self._responding():
+            self._start_head_timer()  # the next head's time runs once this response is sent
             return
         if self._head_bytes:
             error = RequestTimeoutError(
@@ -209,6 +217,11 @@ class HeadGuard(asyncio.Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._responding():
+            # A pipelined head broke a limit while a response streams: no answer can be put
+            # between that response's bytes; the connection is closed.
+            self.transport.close()
+            return
         body = json.dumps(error.to_payload()).encode()
         phrase = HTTPStatus(error.status_code).phrase
         head = (

@@ -30,6 +30,7 @@ class Transport(asyncio.Transport):
         self.written = bytearray()
         self.closed = False
         self.eof = False
+        self.paused = False
 
     def write(self, data: Any) -> None:
         self.written += data
@@ -49,7 +50,7 @@ class Transport(asyncio.Transport):
         return self.closed
 
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
         pass
@@ -84,10 +85,13 @@ PARSERS = ["httptools", "h11"]
 
 
 def connect(
-    settings: Settings, reported: list[str] | None = None, parser: str = "httptools"
+    settings: Settings,
+    reported: list[str] | None = None,
+    parser: str = "httptools",
+    app: Any = None,
 ) -> Transport:
     config = uvicorn.Config(
-        ok_app,
+        app or ok_app,
         http=guarded_protocol(
             settings,
             (reported if reported is not None else []).append,
@@ -215,3 +219,45 @@ async def test_the_head_timer_starts_again_for_the_next_request(parser: str) -> 
     transport.protocol.data_received(b"GET /health HTTP/1.1\r\n")
     await asyncio.sleep(0.5)
     assert status(transport) == 408
+
+
+class StreamingApp:
+    """Streams for two seconds; ``done`` when it has returned."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(100):
+                chunk = {"type": "http.response.body", "body": b"data: x\n\n", "more_body": True}
+                await send(chunk)
+                await asyncio.sleep(0.02)
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            self.done.set()
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_a_head_sent_while_a_response_streams_never_breaks_into_it(parser: str) -> None:
+    settings = settings_for(header_timeout=0.2)
+    app = StreamingApp()
+    transport = connect(settings, parser=parser, app=app)
+    transport.protocol.data_received(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.05)
+    transport.protocol.data_received(b"GET /next HTTP/1.1\r\nHost: x\r\n")  # and stalls
+    await asyncio.sleep(0.6)  # past the head timeout, while the response still streams
+    assert bytes(transport.written).count(b"HTTP/1.1 ") == 1
+    assert not transport.closed
+    if parser == "h11":
+        # h11 holds a pipelined head unparsed and uvicorn stops reading until the response ends.
+        assert transport.paused
+    else:
+        # httptools parses on: a pipelined head that breaks a limit closes the connection,
+        # unanswered.
+        transport.protocol.data_received(b"X-A: b\r\n" * 200)
+        assert transport.closed
+        assert bytes(transport.written).count(b"HTTP/1.1 ") == 1
+    transport.close()
+    await asyncio.wait_for(app.done.wait(), 10)
