@@ -3,7 +3,7 @@
 once got a 500.
 
 The flood, slowloris and slow-body tests run against the instant-engine server
-(``python -m deepseek_serve.bench.ceiling instant``): our whole app, h11 protocol and uvicorn
+(``python -m deepseek_serve.bench.ceiling instant``): our whole app, HTTP protocol and uvicorn
 settings as ``deepseek-serve`` runs them, over an engine that answers at once, so that short
 timeouts and a small in-flight bound can be set per test module without starting vLLM. The nasty
 bodies also go to the real-engine session server.
