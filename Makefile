@@ -42,7 +42,7 @@ test: install
 
 # Units and the in-process app: need only the core, dev and bench packages (no vLLM, Ray or
 # schema validators installed), so they are collected by path, not only deselected by marker.
-FAST_TIERS := tests/unit tests/app
+FAST_TIERS := tests/unit tests/app tests/fuzz
 test-fast: install
 	$(BIN)/python -m pytest -q $(FAST_TIERS)
 

@@ -80,10 +80,27 @@ class MethodNotAllowedError(APIError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeoutError(APIError):
+    """The request head or body did not arrive in time; the connection is closed."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class PayloadTooLargeError(APIError):
     status_code = 413
     error_type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class URITooLongError(APIError):
+    status_code = 414
+    error_type = "invalid_request_error"
+    default_code = "uri_too_long"
 
 
 class HeadersTooLargeError(APIError):

@@ -22,6 +22,8 @@ from deepseek_serve.demo import (
 from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
 from deepseek_serve.http.auth import KeyFileError, KeyRing
 from deepseek_serve.http.lifecycle import DrainingServer
+from deepseek_serve.http.protocol import guarded_protocol, head_bytes_bound
+from deepseek_serve.http.state import ServerState
 from deepseek_serve.prompts.tokenizer import (
     TokenizerFidelityError,
     TokenizerSetup,
@@ -96,10 +98,21 @@ def engine_tokenizer_check(setup: TokenizerSetup) -> PostStartCheck:
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     """How ``deepseek-serve`` runs an app (the benchmarks' instant-engine server reuses it)."""
+    state = getattr(getattr(app, "state", None), "deepseek", None)
+    on_reject = None
+    if isinstance(state, ServerState):
+        rejected = state.metrics.rejected
+
+        def on_reject(reason: str) -> None:
+            rejected.labels(reason).inc()
+
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # httptools with the head bounded while it arrives (uvicorn's buffers any head).
+        http=guarded_protocol(settings, on_reject),
+        h11_max_incomplete_event_size=head_bytes_bound(settings),  # if h11 is chosen
         log_level=settings.log_level,
         log_config=None,  # the root logging set up by the CLI (text or JSON)
         access_log=False,  # our RequestContext logs each request, with its id

@@ -230,6 +230,26 @@ class Settings(BaseSettings):
         16 * 1024, ge=1024, le=1 << 20, description="Largest total size of request headers."
     )
     max_headers: int = Field(100, ge=8, le=10_000, description="Most request headers.")
+    max_request_target_bytes: int = Field(
+        8192,
+        ge=256,
+        le=1 << 20,
+        description="Longest request target (path and query); longer: 414, while reading.",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request's head (request line and headers) may take to arrive, "
+        "from its first byte or the connection's opening; then 408 and the connection closed.",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request body may take to arrive in full; then 408 and the "
+        "connection closed. The in-flight slot is taken only once the body is complete.",
+    )
     max_n: int = Field(16, ge=1, le=128, description="Largest 'n' (choices per prompt).")
     max_tokens_limit: int | None = Field(
         None, ge=1, le=1_048_576, description="Largest max_tokens; default: the context window."

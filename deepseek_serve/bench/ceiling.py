@@ -158,14 +158,20 @@ def main() -> None:
     parser.add_argument("kind", choices=("instant", "starlette"))
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default="demo")
+    parser.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error")
+    )
     args = parser.parse_args()
     import uvicorn
 
+    from deepseek_serve.http.observability import configure_logging
     from deepseek_serve.server import uvicorn_config
     from deepseek_serve.settings import load_settings
 
+    # Other settings (limits, timeouts) come from the DEEPSEEK_SERVE_* environment.
+    configure_logging(args.log_level, "text")
     app = (instant_app if args.kind == "instant" else starlette_app)(args.served_model_name)
-    settings = load_settings({"model": "demo", "port": args.port, "log_level": "warning"})
+    settings = load_settings({"model": "demo", "port": args.port, "log_level": args.log_level})
     uvicorn.Server(uvicorn_config(app, settings)).run()
 
 

@@ -11,7 +11,6 @@ validates what is left.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import typing
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from deepseek_serve.errors import InvalidRequestError, UnsupportedMediaTypeError
+from deepseek_serve.http.client_json import decode_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,7 @@ async def parse_body(request: Request, model: type[T], *, any_content_type: bool
             f"Content-Type must be application/json, got {content_type or 'nothing'!r}."
         )
     raw = await request.body()
-    try:
-        data = json.loads(raw)
-        if b"\\ud" in raw.lower():
-            # JSON can escape lone UTF-16 surrogates: not text, and they break tokenizers.
-            json.dumps(data, ensure_ascii=False).encode()
-    except (UnicodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequestError(
-            f"The body is not valid JSON: {exc}.", code="invalid_json"
-        ) from exc
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise InvalidRequestError("The body must be a JSON object.", code="invalid_json")
     return validate_lenient(model, data, request.url.path)

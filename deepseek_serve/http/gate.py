@@ -1,7 +1,12 @@
-"""What a request must get past before a route sees it, in this order: header caps, shutdown,
-API key (and, for ``/metrics``, the key's metrics permission), per-key rate limits, body size, and
-the bound on generation requests in flight. Token limits are reserved once the route has
-validated its request (``state.Opened.validate``) and settled here when the request ends.
+"""What a request must get past before a route sees it, in this order: header and request-target
+caps (exact, on the parsed head; ``http.protocol`` bounds the head while it arrives), shutdown,
+API key (and, for ``/metrics``, the key's metrics permission), per-key rate limits, the body
+(size-capped, whole, within ``body_timeout``), and the bound on generation requests in flight.
+Token limits are reserved once the route has validated its request (``state.Opened.validate``)
+and settled here when the request ends.
+
+The body is read here, before the in-flight slot is taken, and replayed to the app: a client
+that sends its body slowly, or stops halfway, holds only its own connection, never a slot.
 
 One pure ASGI middleware, so streaming responses pass through untouched. Paths are matched
 exactly on the decoded path the router itself routes on: ``/health/``, ``//health``,
@@ -9,6 +14,9 @@ exactly on the decoded path the router itself routes on: ``/health/``, ``//healt
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,11 +30,19 @@ from deepseek_serve.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
+    RequestTimeoutError,
     ShuttingDownError,
+    URITooLongError,
 )
 from deepseek_serve.http.auth import bearer_token
 from deepseek_serve.http.observability import current_request, header
 from deepseek_serve.http.state import ServerState
+
+logger = logging.getLogger(__name__)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its body was complete."""
 
 
 class Gate:
@@ -50,6 +66,12 @@ class Gate:
             error: APIError = HeadersTooLargeError(
                 f"Request headers exceed {settings.max_headers} headers or "
                 f"{settings.max_header_bytes} bytes."
+            )
+            return await self._reject(error, "too_large", scope, receive, send)
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 1
+        if target > settings.max_request_target_bytes:
+            error = URITooLongError(
+                f"The request target exceeds {settings.max_request_target_bytes} bytes."
             )
             return await self._reject(error, "too_large", scope, receive, send)
 
@@ -92,23 +114,37 @@ class Gate:
                 error = InvalidRequestError("Content-Length is not a number.")
                 return await self._reject(error, "bad_request", scope, receive, send)
             if int(length) > limit:
-                error = PayloadTooLargeError(f"The request body exceeds {limit} bytes.")
+                error = PayloadTooLargeError(
+                    f"The request body exceeds {limit} bytes.", headers={"Connection": "close"}
+                )
                 return await self._reject(error, "too_large", scope, receive, send)
 
-        received = 0
+        try:
+            body = await asyncio.wait_for(_read_body(receive, limit), settings.body_timeout)
+        except _ClientGone:
+            logger.info("client disconnected while sending the request body")
+            return
+        except PayloadTooLargeError as exc:
+            # The rest of the body is not read: the connection is closed after the answer.
+            exc.headers["Connection"] = "close"
+            return await self._reject(exc, "too_large", scope, receive, send)
+        except asyncio.TimeoutError:
+            error = RequestTimeoutError(
+                f"The request body did not arrive within {settings.body_timeout:g} s."
+            )
+            return await self._reject(error, "body_timeout", scope, receive, send)
+        replayed = False
 
-        async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    state.metrics.rejected.labels("too_large").inc()
-                    raise PayloadTooLargeError(f"The request body exceeds {limit} bytes.")
-            return message
+        async def replay() -> Message:
+            # The body the app reads; after it, the connection's own messages (a disconnect).
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
         if scope["method"] != "POST":
-            await self.app(scope, capped_receive, send)
+            await self.app(scope, replay, send)
             return
 
         # Every POST route generates: bound how many are admitted at once.
@@ -122,7 +158,7 @@ class Gate:
         state.in_flight += 1
         state.metrics.in_flight.inc()
         try:
-            await self.app(scope, capped_receive, send)
+            await self.app(scope, replay, send)
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.dec()
@@ -139,3 +175,20 @@ class Gate:
         body = self.state.dialect(scope["path"]).error_body(error)
         response = JSONResponse(body, error.status_code, headers=error.headers)
         await response(scope, receive, send)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, or ``PayloadTooLargeError`` as soon as it passes ``limit``."""
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"The request body exceeds {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

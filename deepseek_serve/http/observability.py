@@ -146,11 +146,13 @@ class RequestContext:
         info = RequestInfo(request_id=request_id, route=route)
         token = _current.set(info)
         status = 500
+        started = False
         start = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -159,6 +161,8 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+            if status == 500 and not started:
+                status = 499  # the client left before an answer (nginx's "client closed")
         finally:
             elapsed = time.perf_counter() - start
             _current.reset(token)
