@@ -9,6 +9,7 @@ machine is touched (never ``ray stop``: it kills every Ray process of the user).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -78,5 +79,12 @@ def local_cluster(port: int, nodes: int = 2, cpus_per_node: int = 1) -> Iterator
 def restore_sigchld() -> None:
     """A Ray driver in this process (with the subreaper option above) ignores SIGCHLD at the C
     level, which Python's ``signal.getsignal`` does not show: children are then reaped by the
-    kernel and ``Popen.wait`` reports 0 for every exit status. Later tests check exit statuses."""
+    kernel and ``Popen.wait`` reports 0 for every exit status. Later tests check exit statuses.
+    It also makes this process a child subreaper (``prctl``), for good: orphaned processes of
+    later tests' servers would then become this process's children instead of init's, which
+    hides what a real supervisor sees (tests/e2e/test_stop.py counts exactly those)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h

@@ -115,7 +115,7 @@ MALFORMED: list[tuple[bytes, str]] = [
     (b'{"prompt": "x", "max_tokens": -3}', "application/json"),
     (b'{"prompt": "x", "temperature": "hot"}', "application/json"),
     (b'{"prompt": [999999999]}', "application/json"),
-    (b'{"prompt": "x", "unknown_field": 1}', "application/json"),
+    (b'{"prompt": "x", "unknown_field": 1, "n": 0}', "application/json"),  # unknown ignored
     (b'"just a string"', "application/json"),
     (b"prompt=x", "application/x-www-form-urlencoded"),
     (b'{"prompt": "\\ud800"}', "application/json"),
