@@ -376,6 +376,15 @@ class Validator:
         return TokenPrompt(packed.token_ids, packed.text), packed.tokens_dropped
 
 
+def non_empty_stops(value: str | list[str] | None) -> str | list[str] | None:
+    """A request's ``stop`` as sent (one string or a list), refused if any is empty. How many
+    is the operator's cap, applied in ``Validator``."""
+    stops = [value] if isinstance(value, str) else value or []
+    if any(not s for s in stops):
+        raise ValueError("stop sequences must be non-empty")
+    return value
+
+
 def token_id_keys(bias: Mapping[str, float], param: str = "logit_bias") -> dict[int, float]:
     """JSON object keys that must be token ids (``logit_bias``): ASCII digits only, so that
     ``"²"`` or ``"٣"`` (digits to ``str.isdigit``, not to ``int``) are a 400, not a crash."""

@@ -18,7 +18,13 @@ from __future__ import annotations
 from pydantic import ConfigDict, Field, field_validator
 
 from deepseek_serve.http.body import Body
-from deepseek_serve.prompts.validation import ChatPrompt, GenerationRequest, Sampling, TextPrompts
+from deepseek_serve.prompts.validation import (
+    ChatPrompt,
+    GenerationRequest,
+    Sampling,
+    TextPrompts,
+    non_empty_stops,
+)
 from deepseek_serve.routes.openai.protocol import ChatMessageIn
 
 DEFAULT_MAX_TOKENS = 500
@@ -66,13 +72,7 @@ class _Base(Body):
     stop: str | list[str] | None = None  # how many: settings.max_stop_sequences
     stream: bool = False
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must be non-empty")
-        return value
+    _stops = field_validator("stop")(non_empty_stops)
 
     def _generation(
         self, prompt: TextPrompts | ChatPrompt, extra_stop: tuple[str, ...] = ()

@@ -21,6 +21,7 @@ from deepseek_serve.prompts.validation import (
     RepoPrompt,
     Sampling,
     TextPrompts,
+    non_empty_stops,
     token_id_keys,
 )
 from deepseek_serve.templates.repo import RepoFile
@@ -111,12 +112,7 @@ class LlamaFields(Body):
                 raise ValueError("biases must be within [-100, 100]")
         return value
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: list[str]) -> list[str]:
-        if any(not s for s in value):
-            raise ValueError("stop strings must be non-empty")
-        return value
+    _stops = field_validator("stop")(non_empty_stops)
 
     def bias_by_id(self) -> dict[int, float] | None:
         if not self.logit_bias:

@@ -25,6 +25,7 @@ from deepseek_serve.prompts.validation import (
     RepoPrompt,
     Sampling,
     TextPrompts,
+    non_empty_stops,
     token_id_keys,
 )
 from deepseek_serve.routes.openai.structured import (
@@ -108,14 +109,7 @@ class SamplingFields(_Body):
     structured_outputs: StructuredOutputs | None = None
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        # How many: the operator's cap (settings.max_stop_sequences), applied in validation.
-        stops = [value] if isinstance(value, str) else value or []
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must be non-empty")
-        return value
+    _stops = field_validator("stop")(non_empty_stops)
 
     @field_validator("logit_bias")
     @classmethod
