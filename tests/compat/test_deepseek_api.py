@@ -123,3 +123,17 @@ def test_deepseek_docs_fim_request_with_nulls(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None
     r = client.post("/beta/completions", json={**body, "prompt": None})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_beta_fits_max_tokens_to_the_window_where_v1_refuses(
+    client_engine: tuple[TestClient, FakeEngine],
+) -> None:
+    """Continue's deepseek provider asks for 4096 tokens (DeepSeek caps FIM output at 4K inside
+    a 128K window): the platform route fits it to a smaller window; /v1 keeps vLLM's 400."""
+    client, engine = client_engine  # a 256-token window
+    body = {**CONTINUE_FIM, "stream": False}
+    r = client.post("/beta/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert engine.seen[-1][2].max_tokens == 256 - len(engine.seen[-1][1])
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"

@@ -3,11 +3,14 @@
 The same handler answers DeepSeek's platform FIM endpoint, ``POST /beta/completions`` (and
 ``/v1/beta/completions``, for clients whose base URL ends in ``/v1``): Continue's ``deepseek``
 provider posts ``prompt`` + ``suffix`` there. Its usage adds DeepSeek's
-``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``.
+``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``, and ``max_tokens`` is fitted to the
+window: DeepSeek's platform caps FIM output at 4K tokens inside a 128K window, so its clients ask
+for up to 4096 (Continue always does) and never meet a window too small for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
@@ -23,10 +26,13 @@ from deepseek_serve.routes.openai.formatting import CompletionFormatter, Context
 from deepseek_serve.routes.openai.protocol import CompletionRequest
 
 
-async def create_completion(request: Request, *, deepseek_usage: bool = False) -> Response:
+async def create_completion(request: Request, *, deepseek: bool = False) -> Response:
     opened = await open_request(request, CompletionRequest)
     state, req, validator = opened.state, opened.body, opened.validator
-    valid = await opened.validate(req.to_generation(state.settings.default_completion_max_tokens))
+    generation = req.to_generation(state.settings.default_completion_max_tokens)
+    if deepseek:
+        generation = dataclasses.replace(generation, fit_max_tokens=True)
+    valid = await opened.validate(generation)
     prompts = valid.prompts
     echo_logprobs = req.echo and req.logprobs is not None
     request_id = f"cmpl-{uuid.uuid4().hex}"
@@ -41,7 +47,7 @@ async def create_completion(request: Request, *, deepseek_usage: bool = False) -
         include_usage=req.include_usage,
         continuous_usage=req.continuous_usage,
         system_fingerprint=system_fingerprint(state),
-        cache_usage=deepseek_usage,
+        cache_usage=deepseek,
         prompt_token_ids=[p.token_ids for p in prompts] if req.return_token_ids else None,
         return_token_ids=req.return_token_ids,
         want_prompt_logprobs=req.prompt_logprobs is not None,
@@ -71,7 +77,7 @@ async def create_completion(request: Request, *, deepseek_usage: bool = False) -
 
 
 async def create_beta_completion(request: Request) -> Response:
-    return await create_completion(request, deepseek_usage=True)
+    return await create_completion(request, deepseek=True)
 
 
 routes = [
