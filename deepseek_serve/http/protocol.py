@@ -129,6 +129,15 @@ class HeadGuard(asyncio.Protocol):
     def _reading_head(self) -> bool:
         raise NotImplementedError
 
+    # Before the parser's protocol class in the MRO: super() is uvicorn's protocol.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_guard()
+        super().connection_lost(exc)
+
     def _stop_guard(self) -> None:
         for timer in (self._head_timer, self._linger):
             if timer is not None:
@@ -251,14 +260,6 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
     def _reading_head(self) -> bool:
         return self._in_head
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._start_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_guard()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         if self._lingering(data):
             return
@@ -294,14 +295,6 @@ class GuardedH11Protocol(HeadGuard, H11Protocol):
 
     def _reading_head(self) -> bool:
         return self.conn.their_state is h11.IDLE
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._start_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_guard()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering(data):
