@@ -27,7 +27,7 @@ from ray.cluster_utils import Cluster
 from deepseek_serve.demo import build_demo_model
 from deepseek_serve.ray_engine import DEPLOYMENT, app_name
 from deepseek_serve.settings import Settings
-from tests.e2e.conftest import LiveServer, free_port, start_server
+from tests.e2e.conftest import LiveServer, start_server
 from tests.e2e.ray_cluster import local_cluster
 
 NAME = "tiny-coder-ray"
@@ -62,7 +62,7 @@ class RayServer:
 def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServer]:
     root = tmp_path_factory.mktemp("e2e-ray")
     model = build_demo_model("demo", root / NAME)
-    with local_cluster(free_port(), nodes=2, cpus_per_node=1) as cluster:
+    with local_cluster(nodes=2, cpus_per_node=1) as cluster:
         extra = [
             "--replicas", "2",
             "--ray-address", cluster.address,

@@ -27,7 +27,7 @@ def test_replicas_no_node_can_hold_are_reported_at_once_and_fail_start_up(tmp_pa
     model = build_demo_model("demo", tmp_path / "model")
     port = free_port()
     log_path = tmp_path / "server.log"
-    with local_cluster(free_port(), nodes=1, cpus_per_node=1) as cluster:
+    with local_cluster(nodes=1, cpus_per_node=1) as cluster:
         extra = (
             "--replicas", "2",
             "--replica-gpus", "1",  # what a GPU deployment asks for, on a cluster without GPUs
