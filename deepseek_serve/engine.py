@@ -188,6 +188,9 @@ class VLLMEngine(Engine):
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _guardian: EngineGuardian | None = None  # kills the engine's processes if we die first
+    # Set in one of several API processes (``api_processes``): the engine core runs under the
+    # parent process, and this is vLLM's client config for reaching it (addresses, index).
+    client: dict[str, Any] | None = None
 
     def engine_args(self) -> dict[str, Any]:
         s = self.settings
@@ -225,10 +228,32 @@ class VLLMEngine(Engine):
 
             stat_loggers = [EngineStatsLogger]
 
+        def connect() -> AsyncLLM:
+            assert self.client is not None
+            from vllm.usage.usage_lib import UsageContext
+
+            client = dict(self.client)
+            count, index = client.pop("client_count"), client.pop("client_index")
+            client.pop("api_server_loads", None)
+            args._api_process_count, args._api_process_rank = count, index
+            return AsyncLLM.from_vllm_config(
+                args.create_engine_config(UsageContext.OPENAI_API_SERVER),
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                stat_loggers=stat_loggers,
+                disable_log_stats=args.disable_log_stats,
+                client_addresses=client,
+                client_count=count,
+                client_index=index,
+            )
+
         def build() -> AsyncLLM:
-            # Before the engine's processes exist: however this process ends, none outlives it.
-            self._guardian = EngineGuardian()
-            llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
+            if self.client is not None:
+                llm = connect()  # the engine core is the parent's: nothing of ours to guard
+            else:
+                # Before the engine's processes exist: however this process ends, none
+                # outlives it.
+                self._guardian = EngineGuardian()
+                llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
             with self._lock:
                 if not self._closed:
                     self._llm = llm
@@ -307,7 +332,7 @@ class VLLMEngine(Engine):
         guardian = self._guardian
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
-        else:
+        elif self.client is None:
             # Still starting: the engine processes are our only children. Stopping them makes
             # the builder thread fail at once instead of finishing a start nobody wants.
             _terminate_children(spare=guardian.pid if guardian is not None else None)

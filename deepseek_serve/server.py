@@ -125,9 +125,17 @@ def check_keys(settings: Settings) -> None:
     """Read the API keys before anything slow: a bad key file stops start-up at once, with
     the line at fault (never the key)."""
     try:
-        KeyRing.from_settings(settings)
+        ring = KeyRing.from_settings(settings)
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
+    limited = [k.name for k in ring.keys if k.request_limit or k.token_limit]
+    if settings.api_processes > 1 and limited:
+        raise StartupError(
+            f"api_processes {settings.api_processes} cannot keep per-key rate limits (keys "
+            f"{', '.join(limited[:5])} have some): each process would count only its own "
+            "requests. Use one API process, or turn the limits off (request_rate_limit: none, "
+            "token_rate_limit: none, and none in the key file) and keep them at your gateway."
+        )
 
 
 def serve(settings: Settings) -> int:
@@ -146,6 +154,11 @@ def serve(settings: Settings) -> int:
         problem = note.startswith("tokenizer problem") or "repaired" in note
         logger.log(logging.WARNING if problem else logging.INFO, "tokenizer: %s", note)
     logger.info("variant: %s", setup.variant.describe())
+
+    if settings.api_processes > 1:
+        from deepseek_serve.api_processes import serve_processes
+
+        return serve_processes(settings, model, setup.tokenizer_dir)
 
     engine: Engine
     if settings.replicas:

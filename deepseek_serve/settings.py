@@ -168,6 +168,14 @@ class Settings(BaseSettings):
     # --- HTTP server ---
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
+    api_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="HTTP processes sharing the port and one engine (vLLM's multi-client engine "
+        "core): tokenization, detokenization and streaming spread over N cores, so one Python "
+        "process does not cap a fast GPU. max_requests_in_flight is shared out among them.",
+    )
     keep_alive_timeout: int = Field(
         60,
         ge=1,
@@ -327,6 +335,15 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "replicas (the initial count) must lie in [min_replicas, max_replicas]"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _api_processes(self) -> Settings:
+        if self.api_processes > 1 and self.replicas:
+            raise ValueError(
+                "api_processes > 1 and replicas are exclusive: with replicas, the engines run "
+                "on Ray and this process only routes"
+            )
         return self
 
     @property

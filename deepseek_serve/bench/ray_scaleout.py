@@ -187,7 +187,7 @@ def main() -> None:
     with server(model, work) as url:
         single = ttft(url, args.requests)
     with (
-        local_cluster(free_port(), nodes=1, cpus_per_node=2) as cluster,
+        local_cluster(nodes=1, cpus_per_node=2) as cluster,
         server(model, work, "--replicas", "1", "--ray-address", cluster.address) as url,
     ):
         via_ray = ttft(url, args.requests)
@@ -199,7 +199,7 @@ def main() -> None:
     workloads = [(args.files, args.rounds), (2 * args.files, max(1, args.rounds // 2))]
     print("2. prefix cache, 2 replicas, FIM completions in F files, R visits per file")
     for flag in ("--route-affinity", "--no-route-affinity"):
-        with local_cluster(free_port(), nodes=2, cpus_per_node=1) as cluster:
+        with local_cluster(nodes=2, cpus_per_node=1) as cluster:
             extra = ("--replicas", "2", "--ray-address", cluster.address, flag)
             with (
                 server(model, work, *extra) as url,

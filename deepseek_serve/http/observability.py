@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import re
 import time
 import uuid
@@ -111,19 +112,35 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # multiprocess_mode: how several API processes' values add up (ignored with one).
         self.in_flight = Gauge(
-            p + "requests_in_flight", "Generation requests being served.", registry=r
+            p + "requests_in_flight",
+            "Generation requests being served.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.waiting = Gauge(
             p + "requests_waiting",
             "Engine requests submitted that have not produced a token yet.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.engine_healthy = Gauge(
-            p + "engine_healthy", "1 while the engine serves, 0 otherwise.", registry=r
+            p + "engine_healthy",
+            "1 while the engine serves, 0 otherwise.",
+            registry=r,
+            multiprocess_mode="livemin",
         )
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Several API processes (``api_processes``): every metric, ours and vLLM's, is in
+            # per-process files, summed here (gauges as their multiprocess_mode says).
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry) + generate_latest(REGISTRY)
 
 
@@ -201,9 +218,9 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, fmt: str) -> None:
+def configure_logging(level: str, fmt: str, *, process: str | None = None) -> None:
     """Root logging for the server (uvicorn's loggers included): text, or one JSON object per
-    line carrying the request id."""
+    line carrying the request id. ``process`` names one of several API processes in each line."""
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
@@ -213,10 +230,14 @@ def configure_logging(level: str, fmt: str) -> None:
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                static_fields={"process": process} if process else None,
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = f" [{process}]" if process else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

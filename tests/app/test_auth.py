@@ -353,3 +353,18 @@ def test_trailing_unicode_whitespace_over_the_wire_gets_401(live: str, tail: byt
     assert status == 401, data[:300]
     ok = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-first \t"
     assert raw_request(live, ok + b"\r\nConnection: close\r\n\r\n")[0] == 200
+
+
+def test_per_key_rate_limits_refuse_several_api_processes(tmp_path: Path) -> None:
+    """Each API process would count only its own requests, so N processes would let a key do N
+    times its limit: start-up says so, and starts once the limits are off."""
+    from deepseek_serve.server import StartupError, check_keys
+
+    with pytest.raises(StartupError, match="api_processes 2 cannot keep per-key rate limits"):
+        check_keys(settings_for(api_keys="sk-one", api_processes=2))  # default 100/hour
+    path = tmp_path / "keys"
+    path.write_text("sk-two name=ci tokens=1000/minute\n")
+    with pytest.raises(StartupError, match="keys ci have some"):
+        check_keys(settings_for(api_key_file=path, request_rate_limit="none", api_processes=3))
+    check_keys(settings_for(api_keys="sk-one", request_rate_limit="none", api_processes=2))
+    check_keys(settings_for(api_keys="sk-one", api_processes=1))

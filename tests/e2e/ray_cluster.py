@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 
 import psutil
@@ -51,7 +51,7 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Cluster]:
         return
 
 
-def _start(nodes: int, cpus_per_node: int) -> Iterator[Cluster]:
+def _start(nodes: int, cpus_per_node: int) -> Generator[Cluster, None, None]:
     """Start the cluster, yield it once, and stop everything it started on close (also when
     start-up itself failed part-way)."""
     # Short path: Ray puts unix sockets under it (107-byte limit).

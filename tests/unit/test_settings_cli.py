@@ -121,6 +121,19 @@ def test_cli_rejects_bad_values() -> None:
         parse_engine_args(["novalue"])
 
 
+def test_api_processes_are_bounded_and_exclusive_with_replicas() -> None:
+    from deepseek_serve.api_processes import per_process_settings
+
+    assert settings_from_argv(["--api-processes", "4"]).api_processes == 4
+    with pytest.raises(SystemExit, match="api_processes"):
+        settings_from_argv(["--api-processes", "0"])
+    with pytest.raises(SystemExit, match="api_processes > 1 and replicas are exclusive"):
+        settings_from_argv(["--api-processes", "2", "--replicas", "2"])
+    # The in-flight limit is the server's: each of N processes admits its share (rounded up).
+    shared = settings_from_argv(["--api-processes", "3", "--max-requests-in-flight", "10"])
+    assert per_process_settings(shared).max_requests_in_flight == 4
+
+
 def test_unrepairable_tokenizer_refuses_to_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
