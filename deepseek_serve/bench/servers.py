@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 STARTABLE = ("ours", "vllm", "instant", "starlette")
 # vLLM's server on CPU, configured as configs/cpu.yaml configures ours.
@@ -84,9 +85,10 @@ class RunningServer:
     log_path: Path
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU time (user + system) used so far by the server's own process (the HTTP/API side)
-        and by all its descendants (engine core, workers): a measure of work done that does not
-        depend on how busy the rest of the machine is."""
+        """CPU time (user + system) used so far by the API side (the server's own process, and
+        its API processes when it runs several: ``--api-processes``, vLLM's
+        ``--api-server-count``) and by the engine side (every other descendant: engine core,
+        workers): a measure of work done that does not depend on how busy the machine is."""
         import psutil
 
         def used(proc: psutil.Process) -> float:
@@ -101,7 +103,8 @@ class RunningServer:
             children = top.children(recursive=True)
         except psutil.Error:
             return 0.0, 0.0
-        return used(top), sum(used(c) for c in children)
+        api = [c for c in children if is_api_process(c)]
+        return used(top) + sum(map(used, api)), sum(used(c) for c in children if c not in api)
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM to the server's own process group, then SIGKILL what is left of it."""
@@ -111,6 +114,19 @@ class RunningServer:
                 self.process.wait(timeout=grace)
         _signal_group(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+
+def is_api_process(proc: Any) -> bool:
+    """One of several API processes under a server: ours (``deepseek_serve::api N``) or vLLM's
+    (``VLLM::APIServer_N``, spawned as ``ApiServer_N``)."""
+    try:
+        name = proc.name()
+        title = " ".join(proc.cmdline()[:1])
+    except Exception:
+        return False
+    return any(
+        mark in f"{name} {title}" for mark in ("deepseek_serve::api", "APIServer", "ApiServer")
+    )
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

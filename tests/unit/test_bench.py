@@ -335,3 +335,23 @@ def test_waste_figures_come_from_the_targets_engine_counters() -> None:
     }
     # vLLM's own server has no such counter: only the cancelled share is reported
     assert waste_metrics({}, {generated: 5.0}, result) == {"cancelled_request_share": 0.25}
+
+
+def test_api_processes_count_on_the_api_side_of_server_cpu() -> None:
+    """With several API processes (ours or vLLM's) their CPU is API CPU, not engine CPU."""
+    from deepseek_serve.bench.servers import is_api_process
+
+    class Proc:
+        def __init__(self, name: str, cmdline: list[str]) -> None:
+            self._name, self._cmdline = name, cmdline
+
+        def name(self) -> str:
+            return self._name
+
+        def cmdline(self) -> list[str]:
+            return self._cmdline
+
+    assert is_api_process(Proc("deepseek_serve:", ["deepseek_serve::api 1"]))
+    assert is_api_process(Proc("VLLM::APIServer", ["VLLM::APIServer_0"]))
+    for engine in ("VLLM::EngineCore", "VLLM::Worker", "deepseek_serve::EngineGuardian"):
+        assert not is_api_process(Proc(engine[:15], [engine])), engine
