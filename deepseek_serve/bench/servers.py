@@ -69,6 +69,9 @@ def command(name: str, port: int, opts: ServerOptions) -> list[str]:
         return cmd + shlex.split(opts.ours_args)
     if name == "vllm":
         cmd = [py, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir(opts.model)]
+        if "--api-server-count" in opts.vllm_args:
+            # Only ``vllm serve`` starts several API servers; the module above ignores the flag.
+            cmd = [py, "-m", "deepseek_serve.bench.vllm_serve", model_dir(opts.model)]
         cmd += ["--served-model-name", opts.served_name, "--port", str(port)]
         return cmd + shlex.split(opts.vllm_args)
     if name in ("instant", "starlette"):

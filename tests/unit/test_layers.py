@@ -10,11 +10,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deepseek_serve"
 
 # module prefix (relative to the package) -> prefixes it must not import
 FORBIDDEN = {
-    "templates": ("http", "routes", "engine", "app", "server", "cli", "bench", "ray_"),
-    "prompts": ("http", "routes", "app", "server", "cli", "bench", "ray_"),
-    "engine": ("http", "routes", "prompts", "templates", "app", "server", "cli", "bench"),
-    "http": ("routes", "app", "server", "cli", "bench"),
-    "routes": ("app", "server", "cli", "bench", "ray_"),
+    "templates": ("http", "routes", "engine", "app", "server", "cli", "bench", "ray_", "api_"),
+    "prompts": ("http", "routes", "app", "server", "cli", "bench", "ray_", "api_"),
+    "engine": ("http", "routes", "prompts", "templates", "app", "server", "cli", "bench", "api_"),
+    "http": ("routes", "app", "server", "cli", "bench", "api_"),
+    "routes": ("app", "server", "cli", "bench", "ray_", "api_"),
 }
 
 
