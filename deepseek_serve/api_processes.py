@@ -16,10 +16,11 @@ end (HTTP, tokenization, detokenization, streaming) can be spread over N process
 - Metrics: Prometheus' multiprocess mode (a directory of per-process files, removed at exit), so
   ``/metrics``, from whichever process answers, sums every process's counters.
 
-What is per process: the in-flight limit (``max_requests_in_flight`` is shared out), sessions (a
-request supersedes the earlier one of its session only in the same process: an IDE's keep-alive
-connection stays on one) and ``/health`` (each process answers for itself and the engine).
-Per-key rate limits cannot be kept across processes yet, so start-up refuses them with N > 1.
+Per-key rate limits hold across the processes (``http.quotas.SharedQuotas``: counters in memory
+the parent shares with them). What is per process: the in-flight limit
+(``max_requests_in_flight`` is shared out), sessions (a request supersedes the earlier one of its
+session only in the same process: an IDE's keep-alive connection stays on one) and ``/health``
+(each process answers for itself and the engine).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -40,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from deepseek_serve.engine import VLLMEngine
 from deepseek_serve.guardian import EngineGuardian
+from deepseek_serve.http.auth import KeyRing
+from deepseek_serve.http.quotas import SharedQuotas, shared_layout, shared_size
 from deepseek_serve.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,6 +62,8 @@ class ApiProcessArgs:
     model: ResolvedModel
     tokenizer_dir: Path
     sockets: tuple[socket.socket, ...]  # one listening socket per API process, same port
+    quota_counters: Any  # multiprocessing.RawArray: per-key rate-limit counters, shared
+    quota_lock: Any  # multiprocessing.Lock guarding them
 
 
 class _Stop(Exception):
@@ -102,6 +108,11 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
     from vllm.v1.utils import APIServerProcessManager, wait_for_completion_or_failure
 
     n = settings.api_processes
+    spawn = multiprocessing.get_context("spawn")  # what vLLM's process manager starts them with
+    counters = spawn.RawArray(
+        "d", max(1, shared_size(shared_layout(KeyRing.from_settings(settings).keys)))
+    )
+    quota_lock = spawn.Lock()
     metrics_dir = tempfile.mkdtemp(prefix="deepseek-serve-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir  # before any API process starts
 
@@ -138,7 +149,7 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
                 listen_address=f"http://{host}:{port}",
                 sock=sockets[0],  # unused: each API process listens on its own
                 args=ApiProcessArgs(  # type: ignore[arg-type]
-                    settings, model, tokenizer_dir, tuple(sockets)
+                    settings, model, tokenizer_dir, tuple(sockets), counters, quota_lock
                 ),
                 num_servers=n,
                 input_listeners=listeners.inputs,
@@ -221,6 +232,11 @@ def run_api_process(
         post_start_check=engine_tokenizer_check(setup),
         on_fatal=fatal,
     )
-    server = DrainingServer(uvicorn_config(app, settings), app.state.deepseek)
+    state = app.state.deepseek
+    # A key's rate limits hold across all the API processes: counted in the parent's memory.
+    state.quotas = SharedQuotas(
+        shared_layout(state.keys.keys), args.quota_counters, args.quota_lock
+    )
+    server = DrainingServer(uvicorn_config(app, settings), state)
     server.run(sockets=[own])
     sys.exit(1 if failed or not server.started else 0)

@@ -23,6 +23,7 @@ from deepseek_serve.engine import Engine, VLLMEngine, model_dir_of
 from deepseek_serve.http.auth import KeyFileError, KeyRing
 from deepseek_serve.http.lifecycle import DrainingServer
 from deepseek_serve.http.protocol import guarded_protocol, head_bytes_bound
+from deepseek_serve.http.quotas import shared_layout
 from deepseek_serve.http.state import ServerState
 from deepseek_serve.prompts.tokenizer import (
     TokenizerFidelityError,
@@ -128,14 +129,11 @@ def check_keys(settings: Settings) -> None:
         ring = KeyRing.from_settings(settings)
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
-    limited = [k.name for k in ring.keys if k.request_limit or k.token_limit]
-    if settings.api_processes > 1 and limited:
-        raise StartupError(
-            f"api_processes {settings.api_processes} cannot keep per-key rate limits (keys "
-            f"{', '.join(limited[:5])} have some): each process would count only its own "
-            "requests. Use one API process, or turn the limits off (request_rate_limit: none, "
-            "token_rate_limit: none, and none in the key file) and keep them at your gateway."
-        )
+    if settings.api_processes > 1:  # their request limits are kept in shared memory
+        try:
+            shared_layout(ring.keys)
+        except ValueError as exc:
+            raise StartupError(f"{exc} (api_processes {settings.api_processes})") from None
 
 
 def serve(settings: Settings) -> int:

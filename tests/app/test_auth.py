@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from deepseek_serve.app import create_app
+from deepseek_serve.errors import InvalidRequestError, RateLimitError
 from deepseek_serve.http.auth import KeyFileError, KeyRing, bearer_token
 from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from tests.app.conftest import MakeClient, settings_for
@@ -355,16 +356,67 @@ def test_trailing_unicode_whitespace_over_the_wire_gets_401(live: str, tail: byt
     assert raw_request(live, ok + b"\r\nConnection: close\r\n\r\n")[0] == 200
 
 
-def test_per_key_rate_limits_refuse_several_api_processes(tmp_path: Path) -> None:
-    """Each API process would count only its own requests, so N processes would let a key do N
-    times its limit: start-up says so, and starts once the limits are off."""
+def test_several_api_processes_share_key_limits_up_to_a_bound(tmp_path: Path) -> None:
+    """Request limits are kept as shared request times: a limit too big to keep is refused at
+    start-up with the key's name; ordinary ones start."""
     from deepseek_serve.server import StartupError, check_keys
 
-    with pytest.raises(StartupError, match="api_processes 2 cannot keep per-key rate limits"):
-        check_keys(settings_for(api_keys="sk-one", api_processes=2))  # default 100/hour
     path = tmp_path / "keys"
-    path.write_text("sk-two name=ci tokens=1000/minute\n")
-    with pytest.raises(StartupError, match="keys ci have some"):
-        check_keys(settings_for(api_key_file=path, request_rate_limit="none", api_processes=3))
-    check_keys(settings_for(api_keys="sk-one", request_rate_limit="none", api_processes=2))
-    check_keys(settings_for(api_keys="sk-one", api_processes=1))
+    path.write_text("sk-two name=ci requests=2000000/day\n")
+    with pytest.raises(StartupError, match="key ci: a request limit of more than 1000000"):
+        check_keys(settings_for(api_key_file=path, api_processes=2))
+    check_keys(settings_for(api_key_file=path, api_processes=1))
+    check_keys(settings_for(api_keys="sk-one", token_rate_limit="1000/minute", api_processes=4))
+
+
+def test_shared_quotas_hold_a_key_to_its_limit_across_processes() -> None:
+    """Two ``SharedQuotas`` over one buffer, as two API processes see it: a key gets its limits
+    once between them, not once each."""
+    import asyncio
+    import multiprocessing
+
+    from deepseek_serve.http.auth import ApiKey
+    from deepseek_serve.http.quotas import SharedQuotas, shared_layout, shared_size
+
+    keys = [ApiKey("a", b"a", "3/minute", "100/minute"), ApiKey("b", b"b", "2/minute", None)]
+    layout = shared_layout(keys)
+    buffer = multiprocessing.get_context("spawn").RawArray("d", shared_size(layout))
+    lock = multiprocessing.get_context("spawn").Lock()
+    now = [1000.0]
+    one, two = SharedQuotas(layout, buffer, lock), SharedQuotas(layout, buffer, lock)
+    for q in (one, two):
+        q._clock = lambda: now[0]
+
+    a, b = keys
+    for q in (one, two, one):
+        asyncio.run(q.admit(a))
+    with pytest.raises(RateLimitError) as refused:
+        asyncio.run(two.admit(a))
+    assert refused.value.headers["Retry-After"] == "60"
+    asyncio.run(two.admit(b))  # another key's count is its own
+    asyncio.run(one.admit(b))
+    with pytest.raises(RateLimitError):
+        asyncio.run(one.admit(b))
+    now[0] += 30
+    with pytest.raises(RateLimitError) as refused:  # a moving window: the oldest ends at +60
+        asyncio.run(one.admit(a))
+    assert refused.value.headers["Retry-After"] == "30"
+    now[0] += 31
+    asyncio.run(one.admit(a))
+
+    # Tokens: what one process reserved, the other cannot; what was not used comes back.
+    first = one.reserve(a, 80, param="max_tokens")
+    with pytest.raises(RateLimitError, match="has 20 left"):
+        two.reserve(a, 30, param="max_tokens")
+    one.settle(a, first, used=10)
+    second = two.reserve(a, 90, param="max_tokens")
+    assert second is not None
+    now[0] += 61  # a new window: an old reservation's refund does not inflate it
+    two.settle(a, second, used=0)
+    third = one.reserve(a, 100, param="max_tokens")
+    with pytest.raises(RateLimitError):
+        two.reserve(a, 1, param="max_tokens")
+    two.settle(a, third, used=40)
+    assert one.reserve(a, 60, param="max_tokens") is not None
+    with pytest.raises(InvalidRequestError, match="more than this key's limit"):
+        one.reserve(a, 101, param="max_tokens")

@@ -26,6 +26,11 @@ from tests.e2e.conftest import MODEL_NAME, LiveServer, start_server
 pytestmark = pytest.mark.e2e
 
 PROCESSES = ("--api-processes", "2")
+OPEN = {"Authorization": "Bearer sk-e2e-open"}  # no limits, may read /metrics
+LIMITED = {"Authorization": "Bearer sk-e2e-limited"}  # 5 requests an hour
+KEYS = (
+    "sk-e2e-open name=open requests=none metrics=yes\nsk-e2e-limited name=limited requests=5/hour\n"
+)
 
 
 def served_by(live: LiveServer, route: str = "/v1/completions") -> dict[str, int]:
@@ -37,7 +42,7 @@ def served_by(live: LiveServer, route: str = "/v1/completions") -> dict[str, int
 
 
 def metric(live: LiveServer, name: str, labels: str = "") -> float:
-    text = httpx.get(f"{live.base_url}/metrics", timeout=10).text
+    text = httpx.get(f"{live.base_url}/metrics", headers=OPEN, timeout=10).text
     pattern = rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$"
     total = 0.0
     for match in re.finditer(pattern, text, re.M):
@@ -46,9 +51,11 @@ def metric(live: LiveServer, name: str, labels: str = "") -> float:
     return total
 
 
-def complete(live: LiveServer, max_tokens: int = 8) -> httpx.Response:
+def complete(
+    live: LiveServer, max_tokens: int = 8, headers: dict[str, str] = OPEN
+) -> httpx.Response:
     # A connection of its own each time: the kernel picks the API process per connection.
-    with httpx.Client(base_url=live.base_url, timeout=60) as http:
+    with httpx.Client(base_url=live.base_url, headers=headers, timeout=60) as http:
         return http.post(
             "/v1/completions",
             json={"model": MODEL_NAME, "prompt": "def fib(n):", "max_tokens": max_tokens},
@@ -59,7 +66,9 @@ def complete(live: LiveServer, max_tokens: int = 8) -> httpx.Response:
 def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("api-processes")
     model = build_demo_model("demo", root / "tiny-coder")
-    yield from start_server(root, model, MODEL_NAME, extra=PROCESSES)
+    (root / "keys").write_text(KEYS)
+    extra = (*PROCESSES, "--api-key-file", str(root / "keys"))
+    yield from start_server(root, model, MODEL_NAME, extra=extra)
 
 
 def test_both_processes_serve_and_metrics_count_every_process(two: LiveServer) -> None:
@@ -89,7 +98,7 @@ def test_a_client_that_leaves_is_aborted_whichever_process_it_reached(two: LiveS
 
     def leave_early(_: int) -> int:
         with (
-            httpx.Client(base_url=two.base_url, timeout=60) as http,
+            httpx.Client(base_url=two.base_url, headers=OPEN, timeout=60) as http,
             http.stream("POST", "/v1/completions", json=body) as r,
         ):
             assert r.status_code == 200
@@ -116,6 +125,20 @@ def test_a_client_that_leaves_is_aborted_whichever_process_it_reached(two: LiveS
     # and the engine goes on serving both processes
     with ThreadPoolExecutor(4) as pool:
         assert [r.status_code for r in pool.map(lambda _: complete(two), range(8))] == [200] * 8
+
+
+def test_a_keys_request_limit_holds_across_both_processes(two: LiveServer) -> None:
+    """``requests=5/hour``: five requests pass, whichever process each reaches, then 429 with
+    Retry-After; not five per process."""
+    before = served_by(two)
+    answers = [complete(two, headers=LIMITED) for _ in range(16)]  # a connection each
+    assert [r.status_code for r in answers] == [200] * 5 + [429] * 11, [r.text for r in answers]
+    assert int(answers[-1].headers["Retry-After"]) > 3000
+    assert answers[-1].json()["error"]["code"] == "rate_limit_exceeded"
+    # Both processes took some of the 16 (else this would prove nothing about sharing).
+    got = {k: v - before.get(k, 0) for k, v in served_by(two).items()}
+    assert got.get("api 0", 0) and got.get("api 1", 0), got
+    assert complete(two).status_code == 200  # the other key is not touched
 
 
 def stream_to_the_end(base_url: str, started: list[int]) -> dict[str, object]:
