@@ -101,6 +101,13 @@ def test_no_replica_engine_outlives_a_group_sigterm(tmp_path: Path) -> None:
     stop_and_count(tmp_path, "SIGTERM to the process group", ("--replicas", "1"))
 
 
+@pytest.mark.parametrize("way", ["SIGTERM to the process group", "SIGKILL to the server"])
+def test_no_process_outlives_a_server_with_api_processes(tmp_path: Path, way: str) -> None:
+    """``--api-processes 2``: the engine core and both API processes are children of the
+    server; a SIGKILL leaves them to the guardian, a group SIGTERM reaches them all at once."""
+    stop_and_count(tmp_path, way, ("--api-processes", "2"))
+
+
 def stop_and_count(root: Path, way: str, extra: tuple[str, ...] = ()) -> None:
     ray_tmp = tempfile.mkdtemp(prefix="dsray-")  # short: Ray's unix sockets live under it
     try:
