@@ -18,9 +18,9 @@ end (HTTP, tokenization, detokenization, streaming) can be spread over N process
 
 Per-key rate limits hold across the processes (``http.quotas.SharedQuotas``: counters in memory
 the parent shares with them). What is per process: the in-flight limit
-(``max_requests_in_flight`` is shared out), sessions (a request supersedes the earlier one of its
-session only in the same process: an IDE's keep-alive connection stays on one) and ``/health``
-(each process answers for itself and the engine).
+(``max_requests_in_flight`` is shared out) and sessions (a request supersedes the earlier one of
+its session only in the same process: an IDE's keep-alive connection stays on one). The server is
+ready (``/health`` 200) once every API process is: a shared flag per process.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from deepseek_serve.engine import VLLMEngine
+from deepseek_serve.engine import Engine, VLLMEngine, terminate_children
 from deepseek_serve.guardian import EngineGuardian
 from deepseek_serve.http.auth import KeyRing
 from deepseek_serve.http.quotas import SharedQuotas, shared_layout, shared_size
@@ -64,10 +64,12 @@ class ApiProcessArgs:
     sockets: tuple[socket.socket, ...]  # one listening socket per API process, same port
     quota_counters: Any  # multiprocessing.RawArray: per-key rate-limit counters, shared
     quota_lock: Any  # multiprocessing.Lock guarding them
+    started: Any  # multiprocessing.RawArray: 1 for each API process whose engine client is up
 
 
-class _Stop(Exception):
-    """SIGTERM or SIGINT reached the parent."""
+class _Stop(BaseException):
+    """SIGTERM or SIGINT reached the parent. Not an ``Exception``: vLLM's waiting loop logs
+    those as failures (and swallows ``KeyboardInterrupt``)."""
 
 
 def per_process_settings(settings: Settings) -> Settings:
@@ -108,11 +110,19 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
     from vllm.v1.utils import APIServerProcessManager, wait_for_completion_or_failure
 
     n = settings.api_processes
+    try:
+        sockets = bind(settings.host, settings.port, n)
+    except OSError as exc:
+        from deepseek_serve.server import StartupError
+
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+    host, port = sockets[0].getsockname()[:2]
     spawn = multiprocessing.get_context("spawn")  # what vLLM's process manager starts them with
     counters = spawn.RawArray(
         "d", max(1, shared_size(shared_layout(KeyRing.from_settings(settings).keys)))
     )
     quota_lock = spawn.Lock()
+    started = spawn.RawArray("b", n)
     metrics_dir = tempfile.mkdtemp(prefix="deepseek-serve-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir  # before any API process starts
 
@@ -124,20 +134,18 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-
-    sockets = bind(settings.host, settings.port, n)
-    host, port = sockets[0].getsockname()[:2]
-    engine = VLLMEngine(settings, model.engine_model, str(tokenizer_dir))
-    args = AsyncEngineArgs(**engine.engine_args())
-    args._api_process_count, args._api_process_rank = n, -1
-    vllm_config = args.create_engine_config(UsageContext.OPENAI_API_SERVER)
-    # Before the engine's processes exist: however this process ends, none outlives it.
-    guardian = EngineGuardian()
+    guardian: EngineGuardian | None = None
     manager: Any = None
     engines: Any = None
     listeners: Any = None
     code = 0
     try:
+        engine = VLLMEngine(settings, model.engine_model, str(tokenizer_dir))
+        args = AsyncEngineArgs(**engine.engine_args())
+        args._api_process_count, args._api_process_rank = n, -1
+        vllm_config = args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+        # Before the engine's processes exist: however this process ends, none outlives it.
+        guardian = EngineGuardian()
         listeners = bind_engine_zmq_listeners(vllm_config, n)
         logger.info("starting the engine core and %d API processes on http://%s:%d", n, host, port)
         with launch_core_engines(
@@ -149,7 +157,7 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
                 listen_address=f"http://{host}:{port}",
                 sock=sockets[0],  # unused: each API process listens on its own
                 args=ApiProcessArgs(  # type: ignore[arg-type]
-                    settings, model, tokenizer_dir, tuple(sockets), counters, quota_lock
+                    settings, model, tokenizer_dir, tuple(sockets), counters, quota_lock, started
                 ),
                 num_servers=n,
                 input_listeners=listeners.inputs,
@@ -179,7 +187,15 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
                 code = 1
         if engines is not None:
             engines.shutdown(timeout=15)
-        guardian.stand_down()
+        if guardian is not None:
+            # Whatever a stop during start-up left running (the engine core, a worker), then
+            # the guardian may leave quietly. Not multiprocessing's resource tracker: our shared
+            # lock is unregistered with it at exit.
+            from multiprocessing import resource_tracker
+
+            tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+            terminate_children(spare={guardian.pid, tracker or -1})
+            guardian.stand_down()
         if listeners is not None:
             listeners.cleanup()  # here, not in its __del__ at interpreter exit (which fails)
             listeners = None
@@ -225,14 +241,17 @@ def run_api_process(
         if server is not None:
             server.should_exit = True
 
+    check = engine_tokenizer_check(setup)
+
+    async def started(engine: Engine) -> None:
+        await check(engine)
+        args.started[index] = 1
+
     app = create_app(
-        settings,
-        engine,
-        setup.prompt_tokenizer,
-        post_start_check=engine_tokenizer_check(setup),
-        on_fatal=fatal,
+        settings, engine, setup.prompt_tokenizer, post_start_check=started, on_fatal=fatal
     )
     state = app.state.deepseek
+    state.peers_ready = lambda: all(args.started)
     # A key's rate limits hold across all the API processes: counted in the parent's memory.
     state.quotas = SharedQuotas(
         shared_layout(state.keys.keys), args.quota_counters, args.quota_lock

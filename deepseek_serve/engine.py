@@ -14,7 +14,7 @@ import functools
 import gc
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -335,7 +335,7 @@ class VLLMEngine(Engine):
         elif self.client is None:
             # Still starting: the engine processes are our only children. Stopping them makes
             # the builder thread fail at once instead of finishing a start nobody wants.
-            _terminate_children(spare=guardian.pid if guardian is not None else None)
+            terminate_children(spare=() if guardian is None else (guardian.pid,))
         if guardian is not None:
             await asyncio.to_thread(guardian.stand_down)
 
@@ -392,10 +392,11 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _terminate_children(grace: float = 5.0, spare: int | None = None) -> None:
+def terminate_children(grace: float = 5.0, spare: Collection[int] = ()) -> None:
+    """Stop every process below this one but ``spare``: SIGTERM, then SIGKILL after ``grace``."""
     import psutil
 
-    children = [p for p in psutil.Process().children(recursive=True) if p.pid != spare]
+    children = [p for p in psutil.Process().children(recursive=True) if p.pid not in spare]
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.terminate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -44,6 +45,9 @@ class ServerState:
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     context_cache: PieceCache = field(default_factory=PieceCache)  # other files' tokens
     dialects: dict[str, Dialect] = field(default_factory=dict)  # route path -> its dialect
+    # With several API processes: whether every one of them has started (the server is ready
+    # only then: a 200 from one must not be followed by a 503 "starting" from another).
+    peers_ready: Callable[[], bool] = lambda: True
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine, tokenizer: PromptTokenizer) -> ServerState:
@@ -67,7 +71,7 @@ class ServerState:
             return "draining"
         if self.failed is not None:
             return "failed"
-        if self.validator is None:
+        if self.validator is None or not self.peers_ready():
             return "starting"
         return "serving"
 
@@ -78,7 +82,7 @@ class ServerState:
             raise ShuttingDownError()
         if status == "failed":
             raise EngineDeadError()
-        if self.validator is None:
+        if self.validator is None or not self.peers_ready():
             raise ServiceUnavailableError(
                 "The model is still loading; retry shortly.", code="starting"
             )
