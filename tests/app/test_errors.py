@@ -203,6 +203,20 @@ def test_health_503_while_starting_and_after_failed_start(make_client: MakeClien
     assert client.post("/v1/completions", json={"prompt": "x"}).status_code == 200
 
 
+def test_not_ready_until_every_api_process_is(client: TestClient) -> None:
+    """With several API processes, one that has started still answers "starting" while another
+    has not: the server is ready when all are (the peers' flags, shared with the parent)."""
+    peers = [True, False]
+    state = client.app.state.deepseek  # type: ignore[attr-defined]
+    state.peers_ready = lambda: all(peers)
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json() == {"status": "starting"}
+    assert_error(client.post("/v1/completions", json={"prompt": "x"}), 503, code="starting")
+    peers[1] = True
+    assert client.get("/health").status_code == 200
+    assert client.post("/v1/completions", json={"prompt": "x"}).status_code == 200
+
+
 def test_server_keeps_serving_after_bad_requests(client: TestClient) -> None:
     for _ in range(3):
         client.post("/v1/completions", content=b"{", headers={"content-type": "application/json"})
