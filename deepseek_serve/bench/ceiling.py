@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -159,20 +160,63 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default="demo")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="Processes on the port, each with its own instant engine: the front end's ceiling "
+        "as --api-processes grows, without an engine in the way (sockets as --api-processes "
+        "binds them).",
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error")
     )
     args = parser.parse_args()
+    if args.processes > 1:
+        _serve_processes(args)
+    else:
+        _serve(args, None, None)
+
+
+def _serve(args: argparse.Namespace, sock: Any, index: int | None) -> None:
     import uvicorn
 
     from deepseek_serve.http.observability import configure_logging
     from deepseek_serve.server import uvicorn_config
     from deepseek_serve.settings import load_settings
 
+    if index is not None:
+        import setproctitle
+
+        setproctitle.setproctitle(f"deepseek_serve::api {index}")  # API CPU for the benchmark
     # Other settings (limits, timeouts) come from the DEEPSEEK_SERVE_* environment.
     configure_logging(args.log_level, "text")
     app = (instant_app if args.kind == "instant" else starlette_app)(args.served_model_name)
     settings = load_settings({"model": "demo", "port": args.port, "log_level": args.log_level})
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    uvicorn.Server(uvicorn_config(app, settings)).run(sockets=None if sock is None else [sock])
+
+
+def _serve_processes(args: argparse.Namespace) -> None:
+    import multiprocessing
+    import signal
+
+    from deepseek_serve.api_processes import bind
+
+    sockets = bind("127.0.0.1", args.port, args.processes)
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=_serve, args=(args, sock, i)) for i, sock in enumerate(sockets)]
+    for proc in procs:
+        proc.start()
+    for sock in sockets:
+        sock.close()
+
+    def stop(signum: int, frame: Any) -> None:
+        for proc in procs:
+            proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in procs:
+        proc.join()
 
 
 if __name__ == "__main__":

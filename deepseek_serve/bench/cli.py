@@ -32,6 +32,7 @@ from deepseek_serve.bench.servers import (
     RunningServer,
     ServerOptions,
     start,
+    startable,
     wait_ready,
 )
 from deepseek_serve.bench.workloads import (
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=2,
         metavar=("A", "B"),
         help=f"Two targets, run interleaved; each a URL or one of {', '.join(STARTABLE)} "
-        "(started here). Ratios are A/B.",
+        "(started here; instant:N is N processes of instant on one port). Ratios are A/B.",
     )
     t.add_argument("--model", help="Model name to send (default: the target's first model).")
     t.add_argument("--label", help="Label of a single target in results (default: its URL).")
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         urls: list[tuple[str, str, str | None, RunningServer | None]] = []
         for spec_name in specs:
-            if spec_name in STARTABLE:
+            if startable(spec_name):
                 server = start(spec_name, opts)
                 started.append(server)
                 urls.append((spec_name, server.base_url, args.served_model_name, server))

@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STARTABLE = ("ours", "vllm", "instant", "starlette")
+STARTABLE = ("ours", "vllm", "instant", "starlette")  # and instant:N, N processes of instant
+
+
+def startable(name: str) -> bool:
+    kind, sep, processes = name.partition(":")
+    if not sep:
+        return name in STARTABLE
+    return kind == "instant" and processes.isdigit() and 1 <= int(processes) <= 64
+
+
 # vLLM's server on CPU, configured as configs/cpu.yaml configures ours.
 VLLM_CPU_ARGS = (
     "--enforce-eager --max-model-len 4096 --gpu-memory-utilization 0.3 --dtype bfloat16"
@@ -74,9 +83,11 @@ def command(name: str, port: int, opts: ServerOptions) -> list[str]:
             cmd = [py, "-m", "deepseek_serve.bench.vllm_serve", model_dir(opts.model)]
         cmd += ["--served-model-name", opts.served_name, "--port", str(port)]
         return cmd + shlex.split(opts.vllm_args)
-    if name in ("instant", "starlette"):
-        return [py, "-m", "deepseek_serve.bench.ceiling", name, "--port", str(port),
-                "--served-model-name", opts.served_name]  # fmt: skip
+    kind, _, processes = name.partition(":")
+    if kind in ("instant", "starlette") and (not processes or kind == "instant"):
+        cmd = [py, "-m", "deepseek_serve.bench.ceiling", kind, "--port", str(port),
+               "--served-model-name", opts.served_name]  # fmt: skip
+        return cmd + (["--processes", processes] if processes else [])
     raise ValueError(f"cannot start {name!r}; startable: {', '.join(STARTABLE)}")
 
 

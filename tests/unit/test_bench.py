@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -355,3 +356,13 @@ def test_api_processes_count_on_the_api_side_of_server_cpu() -> None:
     assert is_api_process(Proc("VLLM::APIServer", ["VLLM::APIServer_0"]))
     for engine in ("VLLM::EngineCore", "VLLM::Worker", "deepseek_serve::EngineGuardian"):
         assert not is_api_process(Proc(engine[:15], [engine])), engine
+
+
+def test_instant_n_starts_n_processes_of_the_instant_server(tmp_path: Path) -> None:
+    from deepseek_serve.bench.servers import ServerOptions, command, startable
+
+    assert startable("instant") and startable("instant:2") and startable("ours")
+    assert not startable("instant:0") and not startable("starlette:2") and not startable("x:2")
+    cmd = command("instant:3", 9999, ServerOptions(log_dir=tmp_path))
+    assert cmd[cmd.index("--processes") + 1] == "3" and "instant" in cmd
+    assert "--processes" not in command("instant", 9999, ServerOptions(log_dir=tmp_path))
