@@ -114,8 +114,9 @@ async def _stream_to_a_stalled_client(
             return
         sent.append(message["body"])
         if len(sent) == 1:  # the socket is full: wait until the engine is done
-            (done,) = engine.produced.values()
-            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.wait_for(
+                asyncio.gather(*(e.wait() for e in engine.produced.values())), 10
+            )
         if not message.get("more_body"):
             ended.set()
 
@@ -151,3 +152,28 @@ async def test_a_stalled_client_gets_the_backlog_in_one_frame(
     assert "".join(c["text"] for c in content) == whole["choices"][0]["text"]
     tokens = [t for c in content for t in c["logprobs"]["tokens"]]
     assert tokens == whole["choices"][0]["logprobs"]["tokens"]
+
+
+async def test_a_stalled_client_of_several_prompts_gets_each_backlog_in_one_frame(
+    v1_setup: TokenizerSetup,
+) -> None:
+    engine = MergingEngine(v1_setup.prompt_tokenizer, max_model_len=4096, token_delay=0.001)
+    app = create_app(settings_for(), engine, v1_setup.prompt_tokenizer)
+    body = {"prompt": ["def f(x):", "class A:"], "max_tokens": TOKENS, "seed": 7, "logprobs": 0}
+    async with app.router.lifespan_context(app):
+        await wait_started(app)
+        stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        frames = await _stream_to_a_stalled_client(engine, app, stream_body, [])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            whole = (await http.post("/v1/completions", json=body)).json()
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2 * TOKENS
+    for index in (0, 1):
+        content = [c["choices"][0] for c in chunks[:-1] if c["choices"][0]["index"] == index]
+        # At most the first token of each prompt went out alone (one read ahead per prompt);
+        # the rest left in one frame.
+        assert [len(c["logprobs"]["tokens"]) for c in content] == [1, TOKENS - 1]
+        assert [c["finish_reason"] for c in content] == [None, "length"]
+        assert "".join(c["text"] for c in content) == whole["choices"][index]["text"]
