@@ -17,6 +17,7 @@ import socket
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import MODEL_NAME, LiveServer
@@ -90,3 +91,34 @@ def test_a_client_that_falls_behind_gets_the_whole_stream(
     assert finishes[-1] == "length" and finishes.count(None) == len(finishes) - 1
     assert all(n >= 1 for n in per_frame)
     server.wait_engine_idle()
+
+
+def test_several_prompts_stream_and_abort_over_the_real_engine(server: LiveServer) -> None:
+    """Each prompt's stream is read by its own pending read (not a queue filled ahead): all of
+    them finish, and a client that leaves mid-stream aborts every one in the engine."""
+    body = {
+        "model": MODEL_NAME,
+        "prompt": ["def add(a, b):", "class Stack:", "import os\n"],
+        "max_tokens": 24,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        frames = [line.removeprefix("data: ") for line in r.iter_lines() if line]
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert chunks[-1]["usage"]["completion_tokens"] == 3 * 24
+    finishes = [(c["choices"][0]["index"], c["choices"][0]["finish_reason"]) for c in chunks[:-1]]
+    assert sorted(i for i, f in finishes if f is not None) == [0, 1, 2]
+    assert all(f in (None, "length") for _, f in finishes)
+    server.wait_engine_idle()
+
+    long = {**body, "max_tokens": 2000}
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=long, timeout=120) as r:
+        lines = r.iter_lines()
+        for _ in range(6):
+            next(lines)
+    # The client left after a few frames: all three engine requests end.
+    server.wait_engine_idle(timeout=30)
