@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import weakref
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -25,8 +25,8 @@ SESSION_HEADER = "x-session-id"
 MAX_SESSION_KEY = 256
 T = TypeVar("T")
 
-_END = object()
-_SUPERSEDED = object()
+# The cancel message of a claim superseded while it waited for the engine.
+_SUPERSEDED = "superseded by a newer request of the session"
 
 
 def session_key(request: Request, body_value: str | None) -> str | None:
@@ -46,51 +46,60 @@ class Claim:
     """One request's hold on its session; superseded when a newer request of the session
     arrives."""
 
-    __slots__ = ("__weakref__", "_registry", "key", "queue", "superseded")
+    __slots__ = ("__weakref__", "_info", "_registry", "_waiter", "key", "superseded")
 
     def __init__(self, registry: SessionRegistry, key: str) -> None:
         self._registry = registry
         self.key = key
         self.superseded = False
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self._info = current_request()  # claimed in the request's own context
+        # The task waiting in ``guard`` for the next output, if one is.
+        self._waiter: asyncio.Task[Any] | None = None
 
     def supersede(self) -> None:
-        if not self.superseded:
-            self.superseded = True
-            self.queue.put_nowait(_SUPERSEDED)
+        if self.superseded:
+            return
+        self.superseded = True
+        if self._info is not None:
+            self._info.abort_reason = "superseded"
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            # Wake it where it waits for the engine; ``guard`` turns this into SupersededError.
+            waiter.cancel(_SUPERSEDED)
 
     def release(self) -> None:
         self._registry.release(self)
 
     async def guard(self, outputs: AsyncIterator[T]) -> AsyncIterator[T]:
         """``outputs`` until this claim is superseded, then ``SupersededError``. Either way
-        ``outputs`` is closed (which aborts its engine requests) and the claim released."""
+        ``outputs`` is closed (which aborts its engine requests) and the claim released.
 
-        async def pump() -> None:
-            try:
-                async for item in outputs:
-                    self.queue.put_nowait(item)
-                self.queue.put_nowait(_END)
-            except Exception as exc:  # handed to the consumer, which re-raises it
-                self.queue.put_nowait(exc)
-
-        task = asyncio.create_task(pump())
+        Outputs are pulled only when the consumer asks for the next one (no task reads ahead
+        into a queue): while a slow client's previous frame is still being sent, vLLM merges the
+        engine's new outputs into one, which then goes out as one frame."""
         try:
             while True:
-                item = await self.queue.get()
-                if item is _END:
-                    return
-                if item is _SUPERSEDED:
-                    info = current_request()
-                    if info is not None:
-                        info.abort_reason = "superseded"
+                if self.superseded:
                     raise SupersededError()
-                if isinstance(item, Exception):
-                    raise item
-                yield item  # type: ignore[misc]  # anything else came from ``outputs``
+                task = asyncio.current_task()
+                self._waiter = task
+                try:
+                    item = await anext(outputs)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError as exc:
+                    if task is None or not self.superseded or _SUPERSEDED not in exc.args:
+                        raise
+                    # Our cancel ends here; another one pending (the client left) goes on.
+                    # (Python 3.10 counts no cancels: there, one cancel is one exception.)
+                    uncancel = getattr(task, "uncancel", None)
+                    if uncancel is not None and uncancel() > 0:
+                        raise
+                    raise SupersededError() from None
+                finally:
+                    self._waiter = None
+                yield item
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await aclose(outputs)
             self.release()

@@ -53,34 +53,32 @@ async def engine_outputs(
             await aclose(stream)
         return
 
-    queue: asyncio.Queue[tuple[int, EngineOutput] | BaseException | None] = asyncio.Queue()
-
-    async def pump(i: int, ids: list[int]) -> None:
-        stream = engine.generate(f"{request_id}-{i}", ids, options)
-        try:
-            async for out in stream:
-                queue.put_nowait((i, out))
-        except Exception as exc:  # handed to the consumer, which re-raises it
-            queue.put_nowait(exc)
-        finally:
-            await aclose(stream)
-            queue.put_nowait(None)
-
-    tasks = [asyncio.create_task(pump(i, ids)) for i, ids in enumerate(prompts)]
+    # One pending read per stream, started only once its previous output has been handed on:
+    # at most one output per stream is taken ahead, and vLLM merges the rest of a slow client's
+    # backlog (as with one prompt).
+    streams = [engine.generate(f"{request_id}-{i}", ids, options) for i, ids in enumerate(prompts)]
+    pending: dict[asyncio.Future[EngineOutput], int] = {
+        asyncio.ensure_future(anext(stream)): i for i, stream in enumerate(streams)
+    }
     try:
-        running = len(tasks)
-        while running:
-            item = await queue.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            # In prompt order, so that the same outputs always come out in the same order.
+            for read in sorted(done, key=pending.__getitem__):
+                i = pending.pop(read)
+                try:
+                    out = read.result()
+                except StopAsyncIteration:
+                    continue
+                yield i, out
+                pending[asyncio.ensure_future(anext(streams[i]))] = i
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for read in pending:
+            read.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                await aclose(stream)
 
 
 async def aclose(stream: AsyncIterator[Any]) -> None:

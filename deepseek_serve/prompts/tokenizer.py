@@ -20,6 +20,7 @@ from typing import Any
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from deepseek_serve.demo import packaged_tokenizer_dir
+from deepseek_serve.prompts.line_cache import LineCache
 from deepseek_serve.prompts.variant import (
     Family,
     Kind,
@@ -95,10 +96,19 @@ def load_hf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+@dataclass(frozen=True, slots=True)
+class EncodePlan:
+    """A text's lines, the distinct ones not cached, and their length in characters."""
+
+    lines: list[str]
+    missing: list[str]
+    missing_chars: int
+
+
 class PromptTokenizer:
     """The tokenizer the server uses for prompts; same files as the engine loads."""
 
-    __slots__ = ("_backend", "hf", "variant")
+    __slots__ = ("_backend", "_lines", "hf", "variant")
 
     def __init__(self, hf_tokenizer: PreTrainedTokenizerBase, variant: Variant) -> None:
         self.hf = hf_tokenizer
@@ -107,6 +117,10 @@ class PromptTokenizer:
         # same ids about 20% sooner than ``hf.encode``, and releases the GIL while it works, so a
         # long prompt tokenized in a worker thread does not hold up the event loop's streams.
         self._backend: Any = getattr(hf_tokenizer, "backend_tokenizer", None)
+        # Ids of lines seen before: an editor resends nearly the same prompt on every keystroke.
+        self._lines = (
+            None if self._backend is None else LineCache.for_tokenizer(self._backend, self._raw)
+        )
 
     def __len__(self) -> int:
         """Number of ids the tokenizer knows (base vocabulary plus added tokens)."""
@@ -114,17 +128,46 @@ class PromptTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` with exactly one leading BOS; special-token texts are parsed."""
+        plan = self.plan(text)
+        return self.finish(plan, self.work(plan))
+
+    # ``encode`` in three steps, so that only the slow one (tokenizing what was not seen
+    # before) needs to leave the event loop: ``work`` may run in a worker thread.
+    def plan(self, text: str) -> EncodePlan:
+        """What ``text`` needs: its lines, and those not cached (all of it without a cache)."""
+        if self._lines is None:
+            return EncodePlan([text], [text], len(text))
+        lines, missing = self._lines.lines(text)
+        return EncodePlan(lines, missing, sum(map(len, missing)))
+
+    def work(self, plan: EncodePlan) -> dict[str, tuple[int, ...]]:
+        if self._lines is None:
+            return {plan.missing[0]: tuple(self._raw(plan.missing[0]))}
+        return self._lines.fill(plan.missing)
+
+    def finish(self, plan: EncodePlan, fresh: dict[str, tuple[int, ...]]) -> list[int]:
         bos = self.variant.special.bos
+        if self._lines is None:
+            ids = [bos, *fresh[plan.lines[0]]]
+        else:
+            ids = self._lines.assemble(plan.lines, fresh)
+            ids.insert(0, bos)
+        # Chat prompts carry the BOS text themselves; never let that become a second BOS.
+        end = 1
+        while end < len(ids) and ids[end] == bos:
+            end += 1
+        if end > 1:
+            del ids[1:end]
+        return ids
+
+    def _raw(self, text: str) -> list[int]:
+        """Ids of ``text`` as the tokenizer gives them, uncached, without special tokens added."""
         ids: list[int]
         if self._backend is not None:
             ids = self._backend.encode_batch_fast([text], add_special_tokens=False)[0].ids
         else:
             ids = self.hf.encode(text, add_special_tokens=False)
-        # Chat prompts carry the BOS text themselves; never let that become a second BOS.
-        start = 0
-        while start < len(ids) and ids[start] == bos:
-            start += 1
-        return [bos, *ids[start:]]
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens included."""

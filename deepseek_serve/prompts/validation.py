@@ -24,10 +24,10 @@ from deepseek_serve.settings import Settings
 from deepseek_serve.templates import ChatMessage, render_chat, render_fim
 from deepseek_serve.templates.repo import RepoFile
 
-# Texts at least this long are tokenized in a worker thread. DeepSeek's tokenizer takes about
-# 0.2 ms per KiB here, and while it runs in the event loop no other stream moves; the Rust
-# tokenizer releases the GIL, so in a thread the loop goes on. Shorter texts cost less than the
-# hop to the thread and back.
+# Text not tokenized before (lines the tokenizer's line cache does not hold) is tokenized in a
+# worker thread from this length up. DeepSeek's tokenizer takes about 0.2 ms per KiB here, and
+# while it runs in the event loop no other stream moves; the Rust tokenizer releases the GIL, so
+# in a thread the loop goes on. Shorter texts cost less than the hop to the thread and back.
 OFF_LOOP_CHARS = 4096
 # Room kept for the answer when packing a prompt whose request sets no length (llama.cpp's
 # n_predict -1: generate until the window is full): at most this, at most a quarter of the window.
@@ -315,9 +315,11 @@ class Validator:
                 )
 
     async def encode(self, text: str) -> list[int]:
-        if len(text) < OFF_LOOP_CHARS:
-            return self.tokenizer.encode(text)
-        return await asyncio.to_thread(self.tokenizer.encode, text)
+        tok = self.tokenizer
+        plan = tok.plan(text)  # lines seen before need no tokenizing
+        if plan.missing_chars < OFF_LOOP_CHARS:
+            return tok.finish(plan, tok.work(plan))
+        return tok.finish(plan, await asyncio.to_thread(tok.work, plan))
 
     async def _texts(self, req: GenerationRequest, prompt: TextPrompts) -> list[TokenPrompt]:
         items = prompt.items

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from deepseek_serve.demo import packaged_tokenizer_dir
 from deepseek_serve.prompts.tokenizer import (
     GOLDEN_SEPARATOR,
+    EncodePlan,
     PromptTokenizer,
     TokenizerFidelityError,
     fidelity_problems,
@@ -252,19 +253,21 @@ def test_long_prompts_are_tokenized_off_the_event_loop(
     class Spy(PromptTokenizer):
         __slots__ = ()
 
-        def encode(self, text: str) -> list[int]:
+        def work(self, plan: EncodePlan) -> dict[str, tuple[int, ...]]:
             threads.append(threading.current_thread().name)
-            return super().encode(text)
+            return super().work(plan)
 
     builder = Validator.build(Settings(), Spy(*v1), ModelLimits(4096, 32256))
     encode = PromptTokenizer(*v1).encode
     short = "def f(x):\n    return x\n"
-    long = short * (OFF_LOOP_CHARS // len(short) + 1)
+    long = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(OFF_LOOP_CHARS // 16))
+    assert len(long) >= OFF_LOOP_CHARS
 
-    async def both() -> tuple[list[int], list[int]]:
-        return await builder.encode(short), await builder.encode(long)
+    async def three() -> list[list[int]]:
+        return [await builder.encode(short), await builder.encode(long), await builder.encode(long)]
 
-    got_short, got_long = asyncio.run(both())
-    assert got_short == encode(short) and got_long == encode(long)
+    got = asyncio.run(three())
+    assert got == [encode(short), encode(long), encode(long)]
     main = threading.main_thread().name
-    assert threads[0] == main and threads[1] != main
+    # Long text never seen goes to a worker thread; seen again, its lines are cached and it stays.
+    assert threads[0] == main and threads[1] != main and threads[2] == main
