@@ -9,12 +9,13 @@ chat_completion/protocol.py, serve/tokenize/protocol.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from deepseek_serve.engine import StructuredOutput
+from deepseek_serve.engine import EngineOutput, SequenceDelta, StructuredOutput
 from deepseek_serve.prompts.tokenizer import TokenizerSetup
 from tests.app.conftest import MakeClient, client, client_engine, make_client  # noqa: F401
 from tests.fakes import FakeEngine
@@ -152,6 +153,31 @@ def test_return_token_ids(client_engine: tuple[TestClient, FakeEngine]) -> None:
     ).json()
     assert chat["prompt_token_ids"] == engine.seen[-1][1]
     assert len(chat["choices"][0]["token_ids"]) == 2
+
+
+def test_streamed_token_ids_include_tokens_without_text_yet(
+    client_engine: tuple[TestClient, FakeEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token that ends inside a UTF-8 character has no text yet (vLLM's delta text is ""):
+    its id goes out with the choice's next chunk, so the stream carries every id that usage
+    counts. (They were dropped: 2 ids streamed for 3 tokens.)"""
+    client, _ = client_engine
+
+    async def generate(
+        self: FakeEngine, request_id: str, prompt: list[int], options: Any
+    ) -> AsyncIterator[EngineOutput]:
+        yield EngineOutput([SequenceDelta(0, "", [1000])], finished=False)
+        yield EngineOutput([SequenceDelta(0, "\u00e9", [1001])], finished=False)
+        yield EngineOutput([SequenceDelta(0, "x", [1002], finish_reason="length")], True)
+
+    monkeypatch.setattr(FakeEngine, "generate", generate)
+    body = {"prompt": "x", "max_tokens": 3, "return_token_ids": True, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    chunks = events(client.post("/v1/completions", json=body).text)
+    ids = [i for c in chunks for ch in c["choices"] for i in ch.get("token_ids", [])]
+    assert ids == [1000, 1001, 1002]
+    assert "".join(ch["text"] for c in chunks for ch in c["choices"]) == "\u00e9x"
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
 
 
 def test_return_tokens_as_token_ids(client: TestClient) -> None:

@@ -24,6 +24,9 @@ class _Choice:
     text_offset: int = 0
     token_ids: list[int] = field(default_factory=list)
     ids_sent: bool = False
+    # Streamed return_token_ids: ids of deltas that made no chunk (a token ending inside a UTF-8
+    # character has no text yet), sent with the choice's next chunk.
+    unsent_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -203,7 +206,10 @@ class Formatter:
             for seq in out.sequences:
                 index, pre, text, logprobs = self._update(prompt_index, out, seq)
                 parts.extend(pre)
-                if text or logprobs or seq.finish_reason:
+                if not (text or logprobs or seq.finish_reason):
+                    if self.return_token_ids:
+                        self.choices[index].unsent_ids.extend(seq.token_ids)
+                else:
                     choice = self.chunk_choice(index, text, logprobs, seq.finish_reason)
                     if self.return_token_ids:
                         self._add_stream_ids(choice, prompt_index, seq)
@@ -231,7 +237,8 @@ class Formatter:
         if not state.ids_sent and self.prompt_token_ids is not None and not self.prompt_ids_on_body:
             state.ids_sent = True
             choice["prompt_token_ids"] = self.prompt_token_ids[prompt_index]
-        choice["token_ids"] = list(seq.token_ids)
+        choice["token_ids"] = [*state.unsent_ids, *seq.token_ids]
+        state.unsent_ids.clear()
 
     async def collect(self, outputs: AsyncIterator[tuple[int, EngineOutput]]) -> dict[str, Any]:
         self._keep = True
