@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("deepseek_serve")
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in every process
+METRICS_DIR_PREFIX = "deepseek-serve-metrics-"  # + the server's pid: whose directory it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,8 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
     )
     quota_lock = spawn.Lock()
     started = spawn.RawArray("b", n)
-    metrics_dir = tempfile.mkdtemp(prefix="deepseek-serve-metrics-")
+    remove_stale_metrics_dirs()
+    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     os.environ[METRICS_DIR_ENV] = metrics_dir  # before any API process starts
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -204,6 +206,20 @@ def serve_processes(settings: Settings, model: ResolvedModel, tokenizer_dir: Pat
         shutil.rmtree(metrics_dir, ignore_errors=True)
     logger.log(logging.ERROR if code else logging.INFO, "exiting with status %d", code)
     return code
+
+
+def remove_stale_metrics_dirs(root: Path | None = None) -> list[Path]:
+    """Remove the metrics directories of servers that are gone: one killed outright (SIGKILL,
+    the OOM killer) could not remove its own. A directory whose server still runs is kept."""
+    import psutil
+
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*"):
+        pid = path.name.removeprefix(METRICS_DIR_PREFIX).partition("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def run_api_process(

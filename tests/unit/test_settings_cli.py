@@ -218,3 +218,24 @@ def test_the_demo_model_gets_a_small_kv_cache_unless_one_is_chosen() -> None:
     configs = Path(__file__).resolve().parents[2] / "configs"
     cpu = settings_from_argv(["--config", str(configs / "cpu.yaml"), "--model", "demo"])
     assert demo_engine_settings(cpu).engine_args == cpu.engine_args
+
+
+def test_metrics_dirs_of_servers_that_are_gone_are_removed(tmp_path: Path) -> None:
+    """A server killed outright leaves its Prometheus multiprocess directory; the next start
+    removes it, and never one whose server still runs."""
+    import os
+    import subprocess
+    import sys
+
+    from deepseek_serve.api_processes import METRICS_DIR_PREFIX, remove_stale_metrics_dirs
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f"{METRICS_DIR_PREFIX}{gone.stdout.strip()}-abc"
+    alive = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{METRICS_DIR_PREFIX}old-style"
+    for path in (dead, alive, other):
+        path.mkdir()
+        (path / "counter_1.db").write_bytes(b"x")
+    assert remove_stale_metrics_dirs(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists()
