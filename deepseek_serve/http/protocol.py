@@ -35,10 +35,8 @@ from http import HTTPStatus
 from typing import Any, Literal
 
 import h11
-from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import ServerState as UvicornState
 
 from deepseek_serve.errors import (
     APIError,
@@ -117,7 +115,9 @@ class HeadGuard(asyncio.Protocol):
     transport: asyncio.Transport
     client: tuple[str, int] | None
 
-    def _init_guard(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # uvicorn's protocol (next in the MRO) takes (config, server_state, app_state, _loop).
+        super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # of the head now arriving, as far as counted
@@ -246,16 +246,7 @@ class HeadGuard(asyncio.Protocol):
 
 
 class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
-    def __init__(
-        self,
-        config: Config,
-        server_state: UvicornState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._init_guard()
-        self._in_head = True  # the parser is before or inside a request head
+    _in_head = True  # the parser is before or inside a request head (set per connection)
 
     def _reading_head(self) -> bool:
         return self._in_head
@@ -283,16 +274,6 @@ class GuardedHttpToolsProtocol(HeadGuard, HttpToolsProtocol):
 
 
 class GuardedH11Protocol(HeadGuard, H11Protocol):
-    def __init__(
-        self,
-        config: Config,
-        server_state: UvicornState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._init_guard()
-
     def _reading_head(self) -> bool:
         return self.conn.their_state is h11.IDLE
 
