@@ -1,20 +1,31 @@
-"""Ray Serve request router for code completion: cache affinity first, least-loaded otherwise.
+"""Ray Serve request router for code completion: cache affinity within bounds on load.
 
-vLLM's prefix cache only helps when a prompt lands on the replica that already holds its prefix.
+vLLM's prefix cache only helps when a prompt lands on a replica that already holds its prefix.
 Editor traffic is very repetitive: completions in one file share the file's head (FIM prompts
-start with the code before the cursor), and one editor session keeps coming back. So:
+start with the code before the cursor), the files of one repository share its context, and one
+editor session keeps coming back. So:
 
 1. a request with a session key (the OpenAI ``user`` field) goes to the replica that session used
    before;
-2. otherwise, to the replica that most recently served the longest known prefix of its token ids,
-   if that prefix covers at least ``min_match`` of the prompt;
-3. otherwise (or when the preferred replica is busier than the least-loaded one by more than
-   ``imbalance``) to the least-loaded replica.
+2. otherwise, to the replica known to hold the longest prefix of its token ids (ties: the less
+   loaded), if that prefix covers at least ``min_match`` of the prompt;
+3. otherwise to the least-loaded replica.
+
+Affinity yields to load, in two ways. A replica whose share of recent requests (counted with
+exponential decay over about ``window`` requests) would exceed ``balance`` times the mean takes
+none for its cache alone: consistent hashing with bounded loads (Mirrokni, Thorup and
+Zadimoghaddam, SODA 2018; HAProxy's ``hash-balance-factor``), over a window of requests rather
+than requests in flight, so that a short burst into one file does not throw its hits away but a
+lasting hot spot does spill. A hot prefix (most editors in one repository) thus spills onto a
+second replica, which then holds it too, and later requests for it choose among both. And a
+replica running more than ``imbalance`` requests beyond the least-loaded one takes none either
+(bursts).
 
 Prefixes are remembered as chained hashes of fixed-size token blocks (``block`` tokens each, like
-vLLM's own cache blocks) in a bounded LRU table. Load is the number of requests this router has in
-flight on each replica. The router lives in the process that holds the deployment handle (the
-HTTP server), so the table sees every request that server sends.
+vLLM's own cache blocks) in a bounded LRU table; each block hash keeps the replicas that served it.
+Load is the number of requests this router has in flight on each replica, and each replica's
+share of the requests it routed lately. The router lives in the process that holds the
+deployment handle (the HTTP server), so it sees every request that server sends.
 
 Ray Serve calls ``choose_replicas`` and the ``on_*`` hooks; the ranks it gets back are tried in
 order, each one subject to the replica's ``max_ongoing_requests``.
@@ -22,6 +33,7 @@ order, each one subject to the replica's ``max_ongoing_requests``.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,6 +42,9 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 DEFAULT_BLOCK = 16
+DEFAULT_BALANCE = 1.25  # a replica's share of recent requests: at most 1.25x the mean
+DEFAULT_WINDOW = 100  # "recent": each request routed decays earlier ones by 1 - 1/100
+DEFAULT_IMBALANCE = 8  # requests in flight beyond the least-loaded replica's
 DEFAULT_TABLE_SIZE = 200_000  # block hashes remembered (a few MB)
 MAX_BLOCKS = 8192  # hashed per prompt (128k tokens of 16)
 EARLY_COMPLETIONS_KEPT = 4096  # ids completed before routed (refused ones never are: bounded)
@@ -55,25 +70,31 @@ def request_keys(pending: PendingRequest | None) -> tuple[list[int], str | None]
 
 
 class AffinityRouter(RequestRouter):
-    """Session and prefix affinity with a load guard; see the module docstring."""
+    """Session and prefix affinity within bounds on load; see the module docstring."""
 
     def initialize_state(
         self,
         affinity: bool = True,
         block: int = DEFAULT_BLOCK,
         min_match: float = 0.1,
-        imbalance: int = 8,
+        balance: float = DEFAULT_BALANCE,
+        window: int = DEFAULT_WINDOW,
+        imbalance: int = DEFAULT_IMBALANCE,
         table_size: int = DEFAULT_TABLE_SIZE,
         **kwargs: Any,
     ) -> None:
         self.affinity = affinity
         self.block = block
         self.min_match = min_match
+        self.balance = balance  # 0: no bound on a replica's share of recent requests
+        self.decay = 1.0 - 1.0 / max(window, 1)
         self.imbalance = imbalance
         self.table_size = table_size
-        self.prefixes: OrderedDict[int, ReplicaID] = OrderedDict()
+        # block hash -> the replicas that served it, the most recent last
+        self.prefixes: OrderedDict[int, dict[ReplicaID, None]] = OrderedDict()
         self.sessions: OrderedDict[str, ReplicaID] = OrderedDict()
-        self.load: dict[ReplicaID, int] = {}
+        self.load: dict[ReplicaID, int] = {}  # requests in flight
+        self.share: dict[ReplicaID, float] = {}  # requests routed, decayed per request routed
         self.routed: dict[str, ReplicaID] = {}  # internal request id -> replica
         # Ray Serve registers the completion callback before it confirms the routing: a quick
         # request can complete before it is routed. Those ids wait here so their routing does
@@ -82,21 +103,55 @@ class AffinityRouter(RequestRouter):
 
     # --- choosing ---
 
-    def preferred(self, token_ids: list[int], session: str | None) -> ReplicaID | None:
+    def with_room(self, replicas: list[ReplicaID]) -> list[ReplicaID]:
+        """The replicas that may take a request for their cache alone: within ``balance`` times
+        the mean share of recent requests (counting this one), and within ``imbalance``
+        requests in flight of the least loaded."""
+        least = min((self.load.get(r, 0) for r in replicas), default=0)
+        shares = [self.share.get(r, 0.0) for r in replicas]
+        # Rounded up, as bounded loads do: someone always has room, the first requests included.
+        bound = math.ceil(self.balance * (sum(shares) + 1) / max(len(replicas), 1))
+        return [
+            r
+            for r, share in zip(replicas, shares, strict=True)
+            if (self.balance <= 0 or share + 1 <= bound)
+            and self.load.get(r, 0) - least <= self.imbalance
+        ]
+
+    def matches(self, token_ids: list[int]) -> dict[ReplicaID, int]:
+        """Per replica, how many leading tokens of ``token_ids`` it is known to hold."""
+        depth: dict[ReplicaID, int] = {}
+        live: set[ReplicaID] | None = None
+        for i, h in enumerate(block_hashes(token_ids, self.block, MAX_BLOCKS)):
+            owners = self.prefixes.get(h)
+            if not owners:
+                break
+            live = set(owners) if live is None else live.intersection(owners)
+            if not live:
+                break
+            for replica in live:
+                depth[replica] = (i + 1) * self.block
+        return depth
+
+    def preferred(
+        self, token_ids: list[int], session: str | None, room: list[ReplicaID] | None = None
+    ) -> ReplicaID | None:
+        """The replica affinity picks among ``room`` (all known replicas when None), or None."""
         if not self.affinity:
             return None
         if session is not None and session in self.sessions:
-            return self.sessions[session]
-        best: ReplicaID | None = None
-        matched = 0
-        for i, h in enumerate(block_hashes(token_ids, self.block, MAX_BLOCKS)):
-            owner = self.prefixes.get(h)
-            if owner is None:
-                break
-            best, matched = owner, (i + 1) * self.block
-        if best is None or matched < self.min_match * len(token_ids):
+            owner = self.sessions[session]
+            if room is None or owner in room:
+                return owner
+        depth = self.matches(token_ids)
+        fits = {r: d for r, d in depth.items() if room is None or r in room}
+        if not fits:
             return None
-        return best
+        best = max(fits, key=lambda r: (fits[r], *(-x for x in self._busy(r))))
+        return best if fits[best] >= self.min_match * len(token_ids) else None
+
+    def _busy(self, replica: ReplicaID) -> tuple[int, float]:
+        return self.load.get(replica, 0), self.share.get(replica, 0.0)
 
     async def choose_replicas(
         self,
@@ -108,15 +163,15 @@ class AffinityRouter(RequestRouter):
         if not candidate_replicas:
             return []
         shuffled = random.sample(candidate_replicas, len(candidate_replicas))  # ties: any
-        by_load = sorted(shuffled, key=lambda r: self.load.get(r.replica_id, 0))
-        least = self.load.get(by_load[0].replica_id, 0)
-        want = self.preferred(*request_keys(pending_request))
-        for replica in by_load:
-            if replica.replica_id == want:
-                if self.load.get(want, 0) - least <= self.imbalance:
-                    rest = [r for r in by_load if r.replica_id != want]
-                    return [[replica], *([rest] if rest else [])]
-                break
+        # Least in flight first, then the smaller share of recent requests.
+        by_load = sorted(shuffled, key=lambda r: self._busy(r.replica_id))
+        if self.affinity:
+            room = self.with_room([r.replica_id for r in by_load])
+            want = self.preferred(*request_keys(pending_request), room=room)
+            if want is not None:
+                first = [r for r in by_load if r.replica_id == want]
+                rest = [r for r in by_load if r.replica_id != want]
+                return [first, *([rest] if rest else [])]
         # Least-loaded first, then everyone (Serve picks the shortest queue within a rank).
         return [[by_load[0]], by_load]
 
@@ -131,13 +186,23 @@ class AffinityRouter(RequestRouter):
         else:
             self.load[replica_id] = self.load.get(replica_id, 0) + 1
             self.routed[request_id] = replica_id
+        for rid in self.share:
+            self.share[rid] *= self.decay
+        self.share[replica_id] = self.share.get(replica_id, 0.0) + 1.0
         if not self.affinity:
             return
         token_ids, session = request_keys(pending_request)
         if session is not None:
             self._remember(self.sessions, session, replica_id)
         for h in block_hashes(token_ids, self.block, MAX_BLOCKS):
-            self._remember(self.prefixes, h, replica_id)
+            owners = self.prefixes.get(h)
+            if owners is None:
+                owners = self.prefixes[h] = {}
+            owners.pop(replica_id, None)
+            owners[replica_id] = None
+            self.prefixes.move_to_end(h)
+        while len(self.prefixes) > self.table_size:
+            self.prefixes.popitem(last=False)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         if self.routed.pop(internal_request_id, None) is not None:
@@ -162,16 +227,20 @@ class AffinityRouter(RequestRouter):
     def _forget(self, gone: set[ReplicaID]) -> None:
         if not gone:
             return
-        for h in [k for k, v in self.prefixes.items() if v in gone]:
-            del self.prefixes[h]
+        for h, owners in list(self.prefixes.items()):
+            for rid in gone.intersection(owners):
+                del owners[rid]
+            if not owners:
+                del self.prefixes[h]
         for session in [k for k, v in self.sessions.items() if v in gone]:
             del self.sessions[session]
         for rid in gone:
             self.load.pop(rid, None)
+            self.share.pop(rid, None)
         for req in [k for k, v in self.routed.items() if v in gone]:
             del self.routed[req]
 
-    def _remember(self, table: OrderedDict[Any, ReplicaID], key: Any, replica: ReplicaID) -> None:
+    def _remember(self, table: OrderedDict[str, ReplicaID], key: str, replica: ReplicaID) -> None:
         table[key] = replica
         table.move_to_end(key)
         while len(table) > self.table_size:

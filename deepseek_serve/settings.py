@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         description="Route a session's (the 'user' field) and a file's (shared prompt prefix) "
         "requests to the same replica, for vLLM's prefix cache; off: least-loaded only.",
     )
+    route_balance: float = Field(
+        1.25,
+        ge=0.0,
+        le=100.0,
+        description="Affinity yields to load: a replica whose share of recent requests would "
+        "exceed this factor times the mean takes none just for its cache; 0: no such bound.",
+    )
 
     # --- HTTP server ---
     host: str = Field("127.0.0.1", description="Address to bind.")
@@ -319,6 +326,13 @@ class Settings(BaseSettings):
             parse(value)
         except ValueError as exc:
             raise ValueError(f"not a rate limit like '100/hour': {value!r}") from exc
+        return value
+
+    @field_validator("route_balance")
+    @classmethod
+    def _balance(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("a factor of the mean load: 0 (off) or at least 1")
         return value
 
     @model_validator(mode="after")

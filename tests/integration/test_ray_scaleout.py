@@ -19,6 +19,7 @@ from deepseek_serve.cli import settings_from_argv
 from deepseek_serve.engine import SamplingOptions
 from deepseek_serve.errors import InvalidRequestError, ReplicaDiedError
 from deepseek_serve.ray_engine import (
+    REPLICA_ENV,
     _as_api_error,
     deployment_options,
     local_tokenizer_dir,
@@ -46,6 +47,10 @@ def test_replica_flags_and_autoscaling_bounds() -> None:
         settings_from_argv(["--min-replicas", "5", "--max-replicas", "4"])
     with pytest.raises(SystemExit, match="replicas"):
         settings_from_argv(["--replicas", "-1"])
+    assert settings_from_argv(["--route-balance", "1.5"]).route_balance == 1.5
+    assert settings_from_argv([]).route_balance == 1.25
+    with pytest.raises(SystemExit, match="route_balance"):
+        settings_from_argv(["--route-balance", "0.5"])  # below the mean: no replica would fit
 
 
 def test_each_replica_reserves_its_tp_gpus_together() -> None:
@@ -53,8 +58,12 @@ def test_each_replica_reserves_its_tp_gpus_together() -> None:
     assert opts["num_replicas"] == 2
     assert opts["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 4.0}]
     assert opts["placement_group_strategy"] == "STRICT_PACK"  # one node per replica
-    assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 4.0}
-    assert opts["request_router_config"]["request_router_kwargs"] == {"affinity": True}
+    actor = opts["ray_actor_options"]
+    assert (actor["num_cpus"], actor["num_gpus"]) == (1.0, 4.0)
+    # Serve's throughput-optimized replica settings, read by the replica actor when it starts
+    assert actor["runtime_env"]["env_vars"] == REPLICA_ENV
+    kwargs = opts["request_router_config"]["request_router_kwargs"]
+    assert kwargs == {"affinity": True, "balance": 1.25}
     cpu = deployment_options(Settings(replicas=1, replica_gpus=0, replica_cpus=2))
     assert cpu["placement_group_bundles"] == [{"CPU": 2.0}]
     auto = deployment_options(Settings(min_replicas=2, max_replicas=8, replicas=3), True)
@@ -140,7 +149,7 @@ def test_block_hashes_name_prefixes() -> None:
 @pytest.fixture
 def router() -> AffinityRouter:
     r = AffinityRouter.__new__(AffinityRouter)  # the state only; Serve builds the rest
-    r.initialize_state(block=4, min_match=0.5, imbalance=2)
+    r.initialize_state(block=4, min_match=0.5, balance=1.25, window=10, imbalance=2)
     return r
 
 
@@ -163,26 +172,90 @@ async def test_router_prefers_the_replica_with_the_prefix(router: AffinityRouter
     router.on_request_completed("a", "1")
     ranks = await router.choose_replicas([a, b], pending([*file_a[:36], 1, 2, 3, 4]))
     assert ranks[0] == [a]  # 36 of 40 tokens known on a
-    # Only 8 of 40 tokens known (< min_match): least-loaded, both idle, so either one.
-    firsts = set()
-    for _ in range(40):
-        ranks = await router.choose_replicas([a, b], pending([*file_a[:8], *range(32)]))
-        firsts.add(ranks[0][0].replica_id)
-    assert firsts == {"a", "b"}
+    # Only 8 of 40 tokens known (< min_match): least-loaded; both idle, so the one with the
+    # smaller share of recent requests.
+    ranks = await router.choose_replicas([a, b], pending([*file_a[:8], *range(32)]))
+    assert ranks[0] == [b]
 
 
 async def test_router_keeps_sessions_and_yields_to_load(router: AffinityRouter) -> None:
+    router.balance = 0  # here only the bound on requests in flight
     a, b = replica("a"), replica("b")
     router.on_request_routed(pending([1], session="s", rid="1"), "b", None)
     assert (await router.choose_replicas([a, b], pending([9], session="s")))[0] == [b]
-    for i in range(3):  # b now runs 4 requests, a none: beyond the imbalance allowed
+    for i in range(2):  # b now runs 3 requests, a none: beyond the imbalance of 2 allowed
         router.on_request_routed(pending([i], rid=f"x{i}"), "b", None)
     assert (await router.choose_replicas([a, b], pending([9], session="s")))[0] == [a]
     router.on_request_completed("b", "x0")
-    router.on_request_completed("b", "x1")
     assert (await router.choose_replicas([a, b], pending([9], session="s")))[0] == [b]
     router._forget({"b"})  # the replica died: its sessions and prefixes go with it
     assert router.preferred([9], "s") is None
+
+
+def route(router: AffinityRouter, ids: list[int], to: str, rid: str) -> None:
+    """A request routed to ``to`` that completes at once (no load in flight)."""
+    router.on_request_routed(pending(ids, rid=rid), to, None)
+    router.on_request_completed(to, rid)
+
+
+async def test_a_hot_prefix_spills_to_a_second_replica_that_then_shares_it(
+    router: AffinityRouter,
+) -> None:
+    """Most editors in one repository: the repository's context heads every prompt. The
+    replica that holds it takes them until its share of recent requests passes 1.25x the mean;
+    then they spill to the other replica, which holds the head from then on too, and the two
+    share the hot prefix."""
+    a, b, c = replica("a"), replica("b"), replica("c")
+    repo = list(range(100, 140))
+    chosen = []
+    for i in range(40):
+        first = (await router.choose_replicas([a, b], pending([*repo, i])))[0][0].replica_id
+        route(router, [*repo, i], first, f"r{i}")
+        chosen.append(first)
+    assert router.matches([*repo, 99]) == {"a": 40, "b": 40}
+    # The share bound over a window of 10: ceil(1.25 * 11 / 2) = 7 of the last ~10 at most.
+    last = chosen[-20:]
+    assert 7 <= last.count("a") <= 13 and 7 <= last.count("b") <= 13, chosen
+    # A third replica joins: a and b hold half of the recent requests each, more than 1.25x a
+    # third, so the head spreads to c too, until the three share it.
+    chosen = []
+    for i in range(40, 100):
+        first = (await router.choose_replicas([a, b, c], pending([*repo, i])))[0][0].replica_id
+        route(router, [*repo, i], first, f"r{i}")
+        chosen.append(first)
+    assert router.matches([*repo, 99]) == {"a": 40, "b": 40, "c": 40}
+    assert all(4 <= chosen[-30:].count(r) <= 14 for r in "abc"), chosen
+
+
+async def test_a_short_burst_into_one_file_keeps_its_replica(router: AffinityRouter) -> None:
+    """Bounded loads over requests in flight would move the second of two concurrent requests
+    into one file to a replica without it: its hits lost for nothing. The share bound looks at
+    recent requests, which are balanced here."""
+    a, b = replica("a"), replica("b")
+    file_a, file_b = list(range(100, 140)), list(range(200, 240))
+    for i in range(10):
+        route(router, [*file_a, i], "a", f"a{i}")
+        route(router, [*file_b, i], "b", f"b{i}")
+    router.on_request_routed(pending([*file_a, 1], rid="1"), "a", None)  # in flight on a
+    router.on_request_routed(pending([*file_a, 2], rid="2"), "a", None)
+    assert (await router.choose_replicas([a, b], pending([*file_a, 3])))[0] == [a]
+
+
+async def test_the_longest_prefix_wins_and_a_balance_of_zero_never_yields(
+    router: AffinityRouter,
+) -> None:
+    a, b = replica("a"), replica("b")
+    repo, file = list(range(100, 120)), list(range(200, 220))
+    route(router, repo, "a", "1")
+    route(router, [*repo, *file], "b", "2")
+    assert router.matches([*repo, *file, 7]) == {"a": 20, "b": 40}
+    assert (await router.choose_replicas([a, b], pending([*repo, *file, 7])))[0] == [b]
+    router.balance = 0
+    for i in range(30):
+        route(router, [*repo, *file], "b", f"x{i}")
+    assert (await router.choose_replicas([a, b], pending([*repo, *file, 7])))[0] == [b]
+    router.balance = 1.25  # b took nearly all of the last ~10: its cache alone no longer wins
+    assert (await router.choose_replicas([a, b], pending([*repo, *file, 7])))[0] == [a]
 
 
 async def test_router_without_affinity_is_least_loaded(router: AffinityRouter) -> None:
@@ -219,7 +292,8 @@ async def test_a_request_completed_before_it_is_routed_leaves_no_load(
     router.on_request_completed("a", "quick")
     router.on_request_routed(pending([1], rid="quick"), "a", None)
     assert router.load.get("a", 0) == 0
-    firsts = set()
-    for _ in range(40):
-        firsts.add((await router.choose_replicas([a, b], pending([2])))[0][0].replica_id)
-    assert firsts == {"a", "b"}
+    route(router, [3], "b", "b1")
+    route(router, [3], "b", "b2")
+    # b served more of the recent requests: a is chosen, as it would not be if the quick call
+    # were still counted in flight on it.
+    assert (await router.choose_replicas([a, b], pending([2])))[0] == [a]
