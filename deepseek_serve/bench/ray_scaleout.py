@@ -229,12 +229,13 @@ class Traffic:
             t.join()
 
 
-def ceiling(prompts: list[list[int]], block: int) -> int:
-    """Prompt tokens one replica holding every earlier prompt's blocks would find cached: vLLM
-    caches full blocks and always computes a prompt's last token."""
+def ceiling(prompts: list[list[int]], block: int, before: list[list[int]]) -> int:
+    """Prompt tokens one replica holding every earlier prompt's blocks (``before``'s too) would
+    find cached in ``prompts``: vLLM caches full blocks and always computes a prompt's last
+    token."""
     seen: set[int] = set()
     hits = 0
-    for ids in prompts:
+    for i, ids in enumerate([*before, *prompts]):
         prev, chain = 0, []
         for start in range(0, len(ids) // block * block, block):
             prev = hash((prev, tuple(ids[start : start + block])))
@@ -243,7 +244,7 @@ def ceiling(prompts: list[list[int]], block: int) -> int:
         for h in chain[:usable]:
             if h not in seen:
                 break
-            hits += block
+            hits += block if i >= len(before) else 0
         seen.update(chain)
     return hits
 
@@ -297,7 +298,8 @@ def cache_run(model: Path, work: Path, policy: str, workloads: list[tuple[str, A
             replica_counters(cluster.address, url, model) as read,
         ):
             for label, (warm, queues) in workloads:
-                Traffic().run(url, [warm])  # one at a time, not counted
+                warming = Traffic()
+                warming.run(url, [warm])  # one at a time, not counted
                 before = read()
                 traffic = Traffic()
                 traffic.run(url, queues)
@@ -313,7 +315,9 @@ def cache_run(model: Path, work: Path, policy: str, workloads: list[tuple[str, A
                 prompt = sum(d["prompt_tokens"] for d in delta.values())
                 cached = sum(d["cached_tokens"] for d in delta.values())
                 ideal = ceiling(
-                    [s.prompt_ids for s in sorted(traffic.sent, key=lambda s: s.at)], block
+                    [s.prompt_ids for s in sorted(traffic.sent, key=lambda s: s.at)],
+                    block,
+                    [s.prompt_ids for s in warming.sent],
                 )
                 print(
                     f"  {policy:12s} {label}: hit rate {100 * cached / max(prompt, 1):5.1f}% "
@@ -340,6 +344,7 @@ def main() -> None:
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-cache", action="store_true")
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma list")
+    parser.add_argument("--workloads", default="fim,fim2,hot", help="comma list of fim, fim2, hot")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     model = build_demo_model("demo", work / "tiny-coder")
@@ -358,17 +363,18 @@ def main() -> None:
     if not args.skip_cache:
         print("2. prefix cache, 2 replicas, per routing policy")
         for policy in args.policies.split(","):
-            workloads = [
-                (
+            every = {
+                "fim": (
                     f"fim F={args.files} R={args.rounds}",
                     ([], uniform_jobs(args.files, args.rounds, 0)),
                 ),
-                (
+                "fim2": (
                     f"fim F={2 * args.files} R={max(1, args.rounds // 2)}",
                     ([], uniform_jobs(2 * args.files, max(1, args.rounds // 2), 1)),
                 ),
-                (f"hot spot, 8 editors x {args.visits}", hot_spot_jobs(args.visits, 2)),
-            ]
+                "hot": (f"hot spot, 8 editors x {args.visits}", hot_spot_jobs(args.visits, 2)),
+            }
+            workloads = [every[w] for w in args.workloads.split(",")]
             cache_run(model, work, policy, workloads)
 
 
