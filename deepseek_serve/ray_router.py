@@ -11,7 +11,8 @@ editor session keeps coming back. So:
    loaded), if that prefix covers at least ``min_match`` of the prompt;
 3. otherwise to the least-loaded replica.
 
-Affinity yields to load, in two ways. A replica whose share of recent requests (counted with
+Affinity yields to load, in two ways, but never to a replica busier than itself right now (so
+an idle system keeps every hit). A replica whose share of recent requests (counted with
 exponential decay over about ``window`` requests) would exceed ``balance`` times the mean takes
 none for its cache alone: consistent hashing with bounded loads (Mirrokni, Thorup and
 Zadimoghaddam, SODA 2018; HAProxy's ``hash-balance-factor``), over a window of requests rather
@@ -104,19 +105,23 @@ class AffinityRouter(RequestRouter):
     # --- choosing ---
 
     def with_room(self, replicas: list[ReplicaID]) -> list[ReplicaID]:
-        """The replicas that may take a request for their cache alone: within ``balance`` times
-        the mean share of recent requests (counting this one), and within ``imbalance``
-        requests in flight of the least loaded."""
+        """The replicas that may take a request for their cache alone: one running no more
+        than the least-loaded does (sending it there costs the balance nothing: an idle
+        system keeps every hit); else one within ``balance`` times the mean share of recent
+        requests (counting this one) and within ``imbalance`` requests in flight of the least
+        loaded."""
         least = min((self.load.get(r, 0) for r in replicas), default=0)
         shares = [self.share.get(r, 0.0) for r in replicas]
         # Rounded up, as bounded loads do: someone always has room, the first requests included.
         bound = math.ceil(self.balance * (sum(shares) + 1) / max(len(replicas), 1))
-        return [
-            r
-            for r, share in zip(replicas, shares, strict=True)
-            if (self.balance <= 0 or share + 1 <= bound)
-            and self.load.get(r, 0) - least <= self.imbalance
-        ]
+        room = []
+        for r, share in zip(replicas, shares, strict=True):
+            extra = self.load.get(r, 0) - least
+            if extra <= 0 or (
+                (self.balance <= 0 or share + 1 <= bound) and extra <= self.imbalance
+            ):
+                room.append(r)
+        return room
 
     def matches(self, token_ids: list[int]) -> dict[ReplicaID, int]:
         """Per replica, how many leading tokens of ``token_ids`` it is known to hold."""
