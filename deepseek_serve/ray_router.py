@@ -9,18 +9,20 @@ editor session keeps coming back. So:
    before;
 2. otherwise, to the replica known to hold the longest prefix of its token ids (ties: the less
    loaded), if that prefix covers at least ``min_match`` of the prompt;
-3. otherwise to the least-loaded replica.
+3. otherwise (a prefix no replica holds) to the replica with the smallest share of recent requests
+   among those within ``imbalance`` requests in flight of the least loaded, so that files spread
+   evenly; without affinity, to the least-loaded replica.
 
-Affinity yields to load, in two ways, but never to a replica busier than itself right now (so
-an idle system keeps every hit). A replica whose share of recent requests (counted with
-exponential decay over about ``window`` requests) would exceed ``balance`` times the mean takes
-none for its cache alone: consistent hashing with bounded loads (Mirrokni, Thorup and
-Zadimoghaddam, SODA 2018; HAProxy's ``hash-balance-factor``), over a window of requests rather
-than requests in flight, so that a short burst into one file does not throw its hits away but a
-lasting hot spot does spill. A hot prefix (most editors in one repository) thus spills onto a
-second replica, which then holds it too, and later requests for it choose among both. And a
-replica running more than ``imbalance`` requests beyond the least-loaded one takes none either
-(bursts).
+Affinity yields to load, in two ways, but an idle replica (nothing in flight) always keeps its
+hits, so a session on an idle system never moves. A replica whose share of recent requests
+(counted with exponential decay over about ``window`` requests) would exceed ``balance`` times
+the mean takes none for its cache alone: consistent hashing with bounded loads (Mirrokni, Thorup
+and Zadimoghaddam, SODA 2018; HAProxy's ``hash-balance-factor``), over a window of requests
+rather than requests in flight, so that a short burst into one file does not throw its hits
+away but a lasting hot spot does spill. A hot prefix (most editors in one repository) thus
+spills onto a second replica, which then holds it too, and later requests for it choose among
+both. And a replica running more than ``imbalance`` requests beyond the least-loaded one takes
+none either (bursts).
 
 Prefixes are remembered as chained hashes of fixed-size token blocks (``block`` tokens each, like
 vLLM's own cache blocks) in a bounded LRU table; each block hash keeps the replicas that served it.
@@ -105,20 +107,19 @@ class AffinityRouter(RequestRouter):
     # --- choosing ---
 
     def with_room(self, replicas: list[ReplicaID]) -> list[ReplicaID]:
-        """The replicas that may take a request for their cache alone: one running no more
-        than the least-loaded does (sending it there costs the balance nothing: an idle
-        system keeps every hit); else one within ``balance`` times the mean share of recent
-        requests (counting this one) and within ``imbalance`` requests in flight of the least
-        loaded."""
+        """The replicas that may take a request for their cache alone: an idle one (nothing in
+        flight: the request costs no one anything there, and a session on an idle system never
+        moves); else one within ``balance`` times the mean share of recent requests (counting
+        this one) and within ``imbalance`` requests in flight of the least loaded."""
         least = min((self.load.get(r, 0) for r in replicas), default=0)
         shares = [self.share.get(r, 0.0) for r in replicas]
         # Rounded up, as bounded loads do: someone always has room, the first requests included.
         bound = math.ceil(self.balance * (sum(shares) + 1) / max(len(replicas), 1))
         room = []
         for r, share in zip(replicas, shares, strict=True):
-            extra = self.load.get(r, 0) - least
-            if extra <= 0 or (
-                (self.balance <= 0 or share + 1 <= bound) and extra <= self.imbalance
+            load = self.load.get(r, 0)
+            if load == 0 or (
+                (self.balance <= 0 or share + 1 <= bound) and load - least <= self.imbalance
             ):
                 room.append(r)
         return room
@@ -173,10 +174,17 @@ class AffinityRouter(RequestRouter):
         if self.affinity:
             room = self.with_room([r.replica_id for r in by_load])
             want = self.preferred(*request_keys(pending_request), room=room)
-            if want is not None:
-                first = [r for r in by_load if r.replica_id == want]
-                rest = [r for r in by_load if r.replica_id != want]
-                return [first, *([rest] if rest else [])]
+            if want is None:
+                # A prefix no replica holds: it will draw its followers where it lands, so it
+                # goes to the smallest share of recent requests among the replicas within
+                # ``imbalance`` of the least loaded (files spread evenly, not by the moment's
+                # in-flight counts).
+                least = self._busy(by_load[0].replica_id)[0]
+                near = [r for r in by_load if self._busy(r.replica_id)[0] - least <= self.imbalance]
+                want = min(near, key=lambda r: self._busy(r.replica_id)[::-1]).replica_id
+            first = [r for r in by_load if r.replica_id == want]
+            rest = [r for r in by_load if r.replica_id != want]
+            return [first, *([rest] if rest else [])]
         # Least-loaded first, then everyone (Serve picks the shortest queue within a rank).
         return [[by_load[0]], by_load]
 

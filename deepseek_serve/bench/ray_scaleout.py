@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -112,46 +111,22 @@ def ray_path_cost(single: str, via_ray: str, requests: int, turns: int) -> None:
     times: dict[str, list[float]] = {single: [], via_ray: []}
     added = []
     per_turn = max(1, requests // turns)
-    cpu = {single: 0.0, via_ray: 0.0}
     for turn in range(turns):
         order = (single, via_ray) if turn % 2 == 0 else (via_ray, single)
         medians = {}
         for url in order:
             time.sleep(2)
-            start = cpu_of_ours()
             xs = ttft(url, per_turn, 1000 * (turn + 1))
-            end = cpu_of_ours()
-            cpu[url] += sum(t - start.get(pid, 0.0) for pid, t in end.items())
             times[url] += xs
             medians[url] = statistics.median(xs)
         added.append(medians[via_ray] - medians[single])
     print(f"  one engine in the server: {summary(times[single])}")
     print(f"  one replica via Ray:      {summary(times[via_ray])}")
-    n = per_turn * turns
-    print(
-        f"  CPU of every process of the run per request (both servers, Ray's own, this client): "
-        f"{1000 * cpu[single] / n:.1f} ms while the engine in the server is driven, "
-        f"{1000 * cpu[via_ray] / n:.1f} ms while the replica is"
-    )
     pooled = statistics.median(times[via_ray]) - statistics.median(times[single])
     print(
         f"  added by the Ray path: median {1000 * pooled:+.2f} ms (pooled); per turn pair "
         f"{', '.join(f'{1000 * a:+.1f}' for a in added)} ms"
     )
-
-
-def cpu_of_ours() -> dict[int, float]:
-    """User + system CPU seconds of this process and every descendant: both servers, their
-    engines, and the Ray cluster this process started (raylet, GCS, the replica actor)."""
-    me = psutil.Process()
-    out = {}
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:
-            continue  # gone meanwhile
-        out[proc.pid] = t.user + t.system
-    return out
 
 
 def throughput(single: str, via_ray: str, prompts: int, work: Path) -> None:

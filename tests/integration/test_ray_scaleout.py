@@ -274,8 +274,26 @@ async def test_the_longest_prefix_wins_and_a_balance_of_zero_never_yields(
         route(router, [*repo, *file], "b", f"x{i}")
     assert (await router.choose_replicas([a, b], pending([*repo, *file, 7])))[0] == [b]
     router.balance = 1.25  # b took nearly all of the last ~10: its cache alone no longer wins
-    router.on_request_routed(pending([1], rid="busy"), "b", None)  # once it runs more than a
+    router.on_request_routed(pending([1], rid="busy"), "b", None)  # once it is not idle
     assert (await router.choose_replicas([a, b], pending([*repo, *file, 7])))[0] == [a]
+    router.on_request_routed(pending([2], rid="busy-a"), "a", None)  # as busy as b: still a
+    assert (await router.choose_replicas([a, b], pending([*repo, *file, 7])))[0] == [a]
+
+
+async def test_a_new_prefix_goes_to_the_smaller_share_within_the_imbalance(
+    router: AffinityRouter,
+) -> None:
+    """A prompt no replica holds draws its file's later requests to wherever it lands: it goes
+    to the replica that served fewer recent requests, even one running a request more, so that
+    files spread evenly; beyond ``imbalance`` in flight the least-loaded replica gets it."""
+    a, b = replica("a"), replica("b")
+    for i in range(3):
+        route(router, [100 + i] * 8, "a", f"a{i}")
+    router.on_request_routed(pending([7], rid="busy"), "b", None)
+    assert (await router.choose_replicas([a, b], pending(list(range(300, 340)))))[0] == [b]
+    for i in range(2):  # b now runs 3, a none: beyond the imbalance of 2
+        router.on_request_routed(pending([8], rid=f"busy{i}"), "b", None)
+    assert (await router.choose_replicas([a, b], pending(list(range(300, 340)))))[0] == [a]
 
 
 async def test_router_without_affinity_is_least_loaded(router: AffinityRouter) -> None:
