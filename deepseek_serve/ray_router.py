@@ -153,10 +153,12 @@ class AffinityRouter(RequestRouter):
         fits = {r: d for r, d in depth.items() if room is None or r in room}
         if not fits:
             return None
-        best = max(fits, key=lambda r: (fits[r], *(-x for x in self._busy(r))))
+        # The longest match; among equal ones, the fewest in flight, then the smaller share.
+        best = min(fits, key=lambda r: (-fits[r], *self._busy(r)))
         return best if fits[best] >= self.min_match * len(token_ids) else None
 
     def _busy(self, replica: ReplicaID) -> tuple[int, float]:
+        """Requests in flight, then share of recent requests: the order "less loaded" means."""
         return self.load.get(replica, 0), self.share.get(replica, 0.0)
 
     async def choose_replicas(
@@ -169,7 +171,6 @@ class AffinityRouter(RequestRouter):
         if not candidate_replicas:
             return []
         shuffled = random.sample(candidate_replicas, len(candidate_replicas))  # ties: any
-        # Least in flight first, then the smaller share of recent requests.
         by_load = sorted(shuffled, key=lambda r: self._busy(r.replica_id))
         if self.affinity:
             room = self.with_room([r.replica_id for r in by_load])
@@ -179,9 +180,13 @@ class AffinityRouter(RequestRouter):
                 # goes to the smallest share of recent requests among the replicas within
                 # ``imbalance`` of the least loaded (files spread evenly, not by the moment's
                 # in-flight counts).
-                least = self._busy(by_load[0].replica_id)[0]
-                near = [r for r in by_load if self._busy(r.replica_id)[0] - least <= self.imbalance]
-                want = min(near, key=lambda r: self._busy(r.replica_id)[::-1]).replica_id
+                least = self.load.get(by_load[0].replica_id, 0)
+                near = [
+                    r.replica_id
+                    for r in by_load
+                    if self.load.get(r.replica_id, 0) - least <= self.imbalance
+                ]
+                want = min(near, key=lambda r: self.share.get(r, 0.0))
             first = [r for r in by_load if r.replica_id == want]
             rest = [r for r in by_load if r.replica_id != want]
             return [first, *([rest] if rest else [])]

@@ -107,7 +107,8 @@ def ttft(url: str, n: int, offset: int) -> list[float]:
 def ray_path_cost(single: str, via_ray: str, requests: int, turns: int) -> None:
     """Both servers up; turns A B B A A B ..., a pause before each (vLLM's CPU worker spins for
     a second after its last step, beside the other server's worker)."""
-    ttft(single, 3, 0), ttft(via_ray, 3, 0)  # warm-up
+    for url in (single, via_ray):
+        ttft(url, 3, 0)  # warm-up
     times: dict[str, list[float]] = {single: [], via_ray: []}
     added = []
     per_turn = max(1, requests // turns)
